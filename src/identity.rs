@@ -1,0 +1,115 @@
+//! Identity headers: every configured identity header and every header with
+//! a stripped prefix is removed from each request (whatever its case, on
+//! every route); the verified identity is then written in their place.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+use crate::config::IdentityConfig;
+use crate::error::TokenError;
+use crate::jwt::Identity;
+
+pub struct IdentityRules {
+    config: IdentityConfig,
+}
+
+impl IdentityRules {
+    pub fn new(config: IdentityConfig) -> IdentityRules {
+        IdentityRules { config }
+    }
+
+    pub fn config(&self) -> &IdentityConfig {
+        &self.config
+    }
+
+    fn is_identity_header(&self, name: &HeaderName) -> bool {
+        let c = &self.config;
+        *name == c.subject_header
+            || c.claim_headers.iter().any(|(_, h)| h == name)
+            || c.assertion_header.as_ref() == Some(name)
+            || c.strip_prefixes.iter().any(|p| name.as_str().starts_with(p.as_str()))
+    }
+
+    /// Removes every identity header the client sent. Header names are
+    /// lower-case in `http`, and prefixes were lower-cased at load.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        // Collect first: a HeaderMap cannot be changed while iterated.
+        let doomed: Vec<HeaderName> = headers.keys().filter(|n| self.is_identity_header(n)).cloned().collect();
+        for name in doomed {
+            headers.remove(&name);
+        }
+    }
+
+    /// Writes the subject and the configured claims. A claim that cannot be
+    /// one clean header value refuses the request instead of being mangled.
+    pub fn apply(&self, headers: &mut HeaderMap, identity: &Identity) -> Result<(), TokenError> {
+        headers.insert(self.config.subject_header.clone(), header_value(identity.sub())?);
+        for (claim, header) in &self.config.claim_headers {
+            if let Some(v) = identity.claim(claim) {
+                if let Some(value) = claim_value(v)? {
+                    headers.insert(header.clone(), value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The identity headers as they would be sent (for `/auth/verify`).
+    pub fn headers_for(&self, identity: &Identity) -> Result<HeaderMap, TokenError> {
+        let mut h = HeaderMap::new();
+        self.apply(&mut h, identity)?;
+        Ok(h)
+    }
+}
+
+/// Visible ASCII, space, tab and UTF-8 are allowed; CR, LF, NUL and other
+/// control characters are not (they would split or break the header).
+fn header_value(s: &str) -> Result<HeaderValue, TokenError> {
+    HeaderValue::from_bytes(s.as_bytes()).map_err(|_| TokenError::BadClaimValue)
+}
+
+/// A claim as one header value: strings as they are, numbers and booleans as
+/// JSON text, arrays joined with `,` (an element holding `,` would be split
+/// apart by the upstream, so it is refused), objects as compact JSON.
+fn claim_value(v: &Value) -> Result<Option<HeaderValue>, TokenError> {
+    let text = match v {
+        Value::Null => return Ok(None),
+        Value::String(s) => s.clone(),
+        Value::Bool(_) | Value::Number(_) | Value::Object(_) => v.to_string(),
+        Value::Array(items) => {
+            let mut parts = Vec::with_capacity(items.len());
+            for item in items {
+                let s = match item {
+                    Value::String(s) => s.clone(),
+                    Value::Bool(_) | Value::Number(_) => item.to_string(),
+                    _ => return Err(TokenError::BadClaimValue),
+                };
+                if s.contains(',') {
+                    return Err(TokenError::BadClaimValue);
+                }
+                parts.push(s);
+            }
+            parts.join(",")
+        }
+    };
+    header_value(&text).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claim_values() {
+        let hv = |v: Value| claim_value(&v).map(|o| o.map(|h| h.to_str().unwrap_or("<non-ascii>").to_string()));
+        assert_eq!(hv(json!("a")), Ok(Some("a".into())));
+        assert_eq!(hv(json!(["admin", "user"])), Ok(Some("admin,user".into())));
+        assert_eq!(hv(json!(42)), Ok(Some("42".into())));
+        assert_eq!(hv(json!(null)), Ok(None));
+        assert_eq!(hv(json!("a\r\nX-Auth-Subject: root")), Err(TokenError::BadClaimValue));
+        assert_eq!(hv(json!("a\nb")), Err(TokenError::BadClaimValue));
+        assert_eq!(hv(json!(["a,b"])), Err(TokenError::BadClaimValue));
+        assert!(claim_value(&json!("Zoë")).is_ok());
+    }
+}

@@ -1,0 +1,297 @@
+//! Token verification (`verify() -> Identity`) and minting (`sign()`).
+//!
+//! The header and claims are parsed here, strictly (duplicate keys, `crit`,
+//! `typ`, claim types); jsonwebtoken checks the signature with aws-lc-rs.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::error::TokenError;
+use crate::keys::KeySet;
+
+/// Longer tokens are refused before any decoding work.
+pub const MAX_TOKEN_BYTES: usize = 8192;
+
+/// A verified identity. Only `Verifier::verify` builds one.
+#[derive(Clone)]
+pub struct Identity {
+    sub: String,
+    exp: u64,
+    iat: Option<u64>,
+    jti: Option<String>,
+    claims: Map<String, Value>,
+}
+
+impl Identity {
+    pub fn sub(&self) -> &str {
+        &self.sub
+    }
+    pub fn exp(&self) -> u64 {
+        self.exp
+    }
+    pub fn iat(&self) -> Option<u64> {
+        self.iat
+    }
+    pub fn jti(&self) -> Option<&str> {
+        self.jti.as_deref()
+    }
+    pub fn claim(&self, name: &str) -> Option<&Value> {
+        self.claims.get(name)
+    }
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.claims
+    }
+
+    /// Strings of the `roles` claim (a string array, or one string).
+    pub fn roles(&self) -> impl Iterator<Item = &str> {
+        strings(self.claims.get("roles"), false)
+    }
+
+    /// Scopes from `scope` (space-separated string) and `scp` (array or string).
+    pub fn scopes(&self) -> impl Iterator<Item = &str> {
+        strings(self.claims.get("scope"), true).chain(strings(self.claims.get("scp"), true))
+    }
+}
+
+fn strings(v: Option<&Value>, split_spaces: bool) -> Box<dyn Iterator<Item = &str> + '_> {
+    match v {
+        Some(Value::String(s)) if split_spaces => Box::new(s.split(' ').filter(|s| !s.is_empty())),
+        Some(Value::String(s)) => Box::new(std::iter::once(s.as_str())),
+        Some(Value::Array(a)) => Box::new(a.iter().filter_map(Value::as_str)),
+        _ => Box::new(std::iter::empty()),
+    }
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity").field("sub", &self.sub).field("exp", &self.exp).finish_non_exhaustive()
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A JSON object that refuses duplicate keys (RFC 8725 §3.4: parsers that
+/// keep the first or the last key disagree, and attackers use that).
+struct StrictObject(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for StrictObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StrictObject;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrictObject, A::Error> {
+                let mut out = Map::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    if out.insert(k, v).is_some() {
+                        return Err(serde::de::Error::custom("duplicate key"));
+                    }
+                }
+                Ok(StrictObject(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn decode_part(part: &str) -> Result<Map<String, Value>, TokenError> {
+    let bytes = B64.decode(part).map_err(|_| TokenError::Malformed)?;
+    serde_json::from_slice::<StrictObject>(&bytes).map(|o| o.0).map_err(|_| TokenError::Malformed)
+}
+
+/// A NumericDate: a non-negative JSON number (fractions allowed by RFC 7519).
+fn numeric_date(v: &Value) -> Result<u64, TokenError> {
+    match v {
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                return Ok(u);
+            }
+            match n.as_f64() {
+                Some(f) if f.is_finite() && f >= 0.0 && f < 1e15 => Ok(f as u64),
+                _ => Err(TokenError::Malformed),
+            }
+        }
+        _ => Err(TokenError::Malformed),
+    }
+}
+
+pub struct Verifier {
+    keys: KeySet,
+    alg_name: String,
+    issuer: String,
+    audience: String,
+    leeway: u64,
+}
+
+impl Verifier {
+    pub fn new(keys: KeySet, issuer: String, audience: String, leeway: std::time::Duration) -> Verifier {
+        let alg_name = serde_json::to_value(keys.algorithm).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        Verifier { keys, alg_name, issuer, audience, leeway: leeway.as_secs() }
+    }
+
+    pub fn keys(&self) -> &KeySet {
+        &self.keys
+    }
+
+    pub fn verify(&self, token: &str, now: u64) -> Result<Identity, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(TokenError::Malformed);
+        };
+        if h.is_empty() || p.is_empty() || s.is_empty() {
+            return Err(TokenError::Malformed);
+        }
+        let header = decode_part(h)?;
+        // The algorithm is ours to choose, not the token's: compare the exact string.
+        if header.get("alg").and_then(Value::as_str) != Some(self.alg_name.as_str()) {
+            return Err(TokenError::Algorithm);
+        }
+        if header.contains_key("crit") {
+            return Err(TokenError::Critical);
+        }
+        match header.get("typ") {
+            None => {}
+            Some(Value::String(t)) if ["jwt", "at+jwt", "application/at+jwt"].contains(&t.to_ascii_lowercase().as_str()) => {}
+            Some(_) => return Err(TokenError::Type),
+        }
+        // jwk/jku/x5u/x5c in the header are never used to find a key.
+        let message = &token[..h.len() + 1 + p.len()];
+        let candidates: Vec<_> = match header.get("kid") {
+            None => self.keys.verify.iter().collect(),
+            Some(Value::String(kid)) => self.keys.verify.iter().filter(|k| &k.kid == kid).collect(),
+            Some(_) => return Err(TokenError::Malformed),
+        };
+        if candidates.is_empty() {
+            return Err(TokenError::UnknownKey);
+        }
+        let mut valid = false;
+        for k in candidates {
+            match jsonwebtoken::crypto::verify(s, message.as_bytes(), &k.key, self.keys.algorithm) {
+                Ok(true) => {
+                    valid = true;
+                    break;
+                }
+                Ok(false) => {}
+                Err(_) => return Err(TokenError::Signature),
+            }
+        }
+        if !valid {
+            return Err(TokenError::Signature);
+        }
+        let claims = decode_part(p)?;
+        self.check_claims(claims, now)
+    }
+
+    fn check_claims(&self, claims: Map<String, Value>, now: u64) -> Result<Identity, TokenError> {
+        let exp = numeric_date(claims.get("exp").ok_or(TokenError::MissingClaim)?)?;
+        if now > exp.saturating_add(self.leeway) {
+            return Err(TokenError::Expired);
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            if numeric_date(nbf)? > now.saturating_add(self.leeway) {
+                return Err(TokenError::NotYetValid);
+            }
+        }
+        let iat = claims.get("iat").map(numeric_date).transpose()?;
+        match claims.get("iss") {
+            Some(Value::String(iss)) if *iss == self.issuer => {}
+            Some(_) => return Err(TokenError::Issuer),
+            None => return Err(TokenError::MissingClaim),
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => *a == self.audience,
+            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(&self.audience)),
+            Some(_) => false,
+            None => return Err(TokenError::MissingClaim),
+        };
+        if !aud_ok {
+            return Err(TokenError::Audience);
+        }
+        let sub = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(_) => return Err(TokenError::Malformed),
+            None => return Err(TokenError::MissingClaim),
+        };
+        let jti = match claims.get("jti") {
+            Some(Value::String(j)) => Some(j.clone()),
+            Some(_) => return Err(TokenError::Malformed),
+            None => None,
+        };
+        Ok(Identity { sub, exp, iat, jti, claims })
+    }
+}
+
+/// Mints tokens with the configured signing key.
+pub struct Signer {
+    algorithm: Algorithm,
+    kid: String,
+    key: EncodingKey,
+    issuer: String,
+    audience: String,
+}
+
+/// A freshly minted token and the facts about it the caller may need.
+pub struct Minted {
+    pub token: String,
+    pub jti: String,
+    pub exp: u64,
+}
+
+pub fn random_id(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // aws-lc's RNG only fails when the OS has no entropy source; a zeroed id
+    // would be worse than a panic there, so treat it as fatal.
+    aws_lc_rs::rand::fill(&mut buf).expect("the system random number generator failed");
+    B64.encode(buf)
+}
+
+impl Signer {
+    /// None when the key set cannot sign (verify-only deployments).
+    pub fn new(keys: &KeySet, issuer: String, audience: String) -> Option<Signer> {
+        let s = keys.sign.as_ref()?;
+        Some(Signer { algorithm: keys.algorithm, kid: s.kid.clone(), key: s.key.clone(), issuer, audience })
+    }
+
+    /// Signs `sub` plus `extra` claims (which cannot override the registered ones).
+    pub fn sign(&self, sub: &str, extra: &Map<String, Value>, ttl: std::time::Duration) -> Result<Minted, jsonwebtoken::errors::Error> {
+        let now = now_secs();
+        let exp = now + ttl.as_secs();
+        let jti = random_id(16);
+        let mut claims = extra.clone();
+        for (k, v) in [
+            ("sub", Value::from(sub)),
+            ("iss", Value::from(self.issuer.as_str())),
+            ("aud", Value::from(self.audience.as_str())),
+            ("iat", Value::from(now)),
+            ("nbf", Value::from(now)),
+            ("exp", Value::from(exp)),
+            ("jti", Value::from(jti.as_str())),
+        ] {
+            claims.insert(k.into(), v);
+        }
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.kid.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)?;
+        Ok(Minted { token, jti, exp })
+    }
+
+    /// Signs arbitrary claims (the assertion header) with the same key.
+    pub fn sign_claims(&self, claims: &Map<String, Value>) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.key)
+    }
+}

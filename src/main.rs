@@ -1,0 +1,107 @@
+//! argv -> command. Errors print as one line (`{:#}`); config errors exit 2.
+
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use authgate::cli::{Cli, Command};
+use authgate::config::{self, ConfigError, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("authgate: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let path = cli.config_path();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let config = config::load(&path)?;
+            init_tracing(config.log.format);
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+            rt.block_on(authgate::server::run(config))
+        }
+        Command::Check => {
+            let config = config::load(&path)?;
+            init_tracing(LogFormat::Text);
+            let app = authgate::build_app(config)?;
+            authgate::tls::server_config(&app.config)?;
+            print!("{}", authgate::summary(&app));
+            Ok(())
+        }
+        Command::HashPassword => {
+            let password = read_password()?;
+            println!("{}", authgate::users::hash_password(&password)?);
+            Ok(())
+        }
+        Command::Token { sub, ttl, claims } => {
+            let config = config::load(&path)?;
+            let ttl = match ttl {
+                Some(t) => config::parse_duration(&t).map_err(|m| anyhow::anyhow!("--ttl: {m}"))?,
+                None => config.jwt.access_ttl,
+            };
+            let mut extra = serde_json::Map::new();
+            for c in claims {
+                let (k, v) = c.split_once('=').ok_or_else(|| anyhow::anyhow!("--claim {c:?}: expected key=value"))?;
+                let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+                extra.insert(k.to_string(), value);
+            }
+            let keys = authgate::keys::load(&config)?;
+            let signer = authgate::jwt::Signer::new(&keys, config.jwt.issuer.clone(), config.jwt.audience.clone())
+                .ok_or_else(|| anyhow::anyhow!("{}: jwt: this config has no signing key (only jwt.public_key)", path.display()))?;
+            println!("{}", signer.sign(&sub, &extra, ttl)?.token);
+            Ok(())
+        }
+        Command::GenCert { out, hosts } => {
+            let hosts = if hosts.is_empty() { vec!["localhost".into(), "127.0.0.1".into(), "::1".into()] } else { hosts };
+            let (cert, key) = (out.join("dev-cert.pem"), out.join("dev-key.pem"));
+            authgate::tls::generate_self_signed(&cert, &key, &hosts).map_err(|m| anyhow::anyhow!("{m}"))?;
+            println!("wrote {} and {} for {}", cert.display(), key.display(), hosts.join(", "));
+            Ok(())
+        }
+        Command::Revoke { sub } => authgate::revoke_subject_cli(&config::load(&path)?, &sub),
+    }
+}
+
+/// One line from stdin, without echo on a terminal; one trailing newline dropped.
+fn read_password() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    let mut s = String::new();
+    if stdin.is_terminal() {
+        eprint!("Password: ");
+        s = rpassword_line()?;
+    } else {
+        stdin.lock().read_to_string(&mut s).context("cannot read the password from stdin")?;
+    }
+    if s.ends_with('\n') {
+        s.pop();
+        if s.ends_with('\r') {
+            s.pop();
+        }
+    }
+    if s.is_empty() {
+        anyhow::bail!("the password is empty");
+    }
+    Ok(s)
+}
+
+fn rpassword_line() -> anyhow::Result<String> {
+    rpassword::read_password().context("cannot read the password from the terminal")
+}

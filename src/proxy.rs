@@ -1,0 +1,213 @@
+//! Forwarding: the upstream request rewrite (hop-by-hop headers, Host,
+//! X-Forwarded-*), the pooled keep-alive client, streaming both bodies,
+//! WebSocket upgrades, and the built-in `echo` upstream.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::body::{self, Body};
+use crate::error::GatewayError;
+
+pub type UpstreamClient = Client<HttpConnector, Incoming>;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+static UPGRADE_VALUE: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// RFC 9110 §7.6.1 connection-specific headers, plus the de-facto ones.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+];
+
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(n);
+    }
+}
+
+pub fn new_client(timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(timeout));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// Is this an HTTP/1.1 upgrade request (WebSocket)?
+pub fn wants_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Facts about the client that go into X-Forwarded-* headers.
+pub struct Forwarded<'a> {
+    pub peer: IpAddr,
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Rewrites the request headers as an upstream will receive them: no
+/// hop-by-hop headers, no `Authorization` unless kept, X-Forwarded-* added.
+pub fn rewrite_headers(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: Option<HeaderValue>, keep_authorization: bool) {
+    remove_hop_by_hop(headers);
+    if !keep_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if let Some(u) = upgrade {
+        headers.insert(header::CONNECTION, UPGRADE_VALUE.clone());
+        headers.insert(header::UPGRADE, u);
+    }
+    // X-Forwarded-For: append the peer to whatever chain came before it.
+    let mut xff = String::new();
+    for prev in headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
+        if !prev.trim().is_empty() {
+            xff.push_str(prev.trim());
+            xff.push_str(", ");
+        }
+    }
+    xff.push_str(&fwd.peer.to_string());
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HTTPS.clone());
+    match fwd.host.cloned() {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h);
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+/// Points the request at the upstream: absolute URI, `Host`, HTTP/1.1.
+pub fn retarget(req: &mut Request<Incoming>, authority: &http::uri::Authority, path_and_query: &str) -> Result<(), GatewayError> {
+    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| GatewayError::BadGateway("upstream authority".into()))?;
+    req.headers_mut().insert(header::HOST, host);
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    Ok(())
+}
+
+/// Sends the request and waits up to `timeout` for the response head. The
+/// bodies stream through in both directions; nothing is buffered whole.
+pub async fn forward(client: &UpstreamClient, mut req: Request<Incoming>, timeout: Duration) -> Result<Response<Body>, GatewayError> {
+    let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let mut resp = match tokio::time::timeout(timeout, client.request(req)).await {
+        Err(_) => return Err(GatewayError::GatewayTimeout),
+        Ok(Err(e)) => return Err(GatewayError::BadGateway(error_chain(&e))),
+        Ok(Ok(r)) => r,
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err(GatewayError::BadGateway("upstream switched protocols unasked".into()));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((c, u)) => {
+                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                }
+                Err(error) => tracing::debug!(%error, "upgrade failed"),
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        return Ok(Response::from_parts(parts, body::empty()));
+    }
+    let (mut parts, incoming) = resp.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, incoming.boxed()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// The built-in `echo` upstream: the request it would have received, as JSON.
+pub fn echo(req: &Request<Incoming>, path: &str, query: Option<&str>) -> Response<Body> {
+    let mut headers = serde_json::Map::new();
+    for (name, value) in req.headers() {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match headers.get_mut(name.as_str()) {
+            Some(serde_json::Value::String(prev)) => {
+                prev.push_str(", ");
+                prev.push_str(&v);
+            }
+            _ => {
+                headers.insert(name.as_str().to_string(), serde_json::Value::String(v));
+            }
+        }
+    }
+    let json = serde_json::json!({
+        "method": req.method().as_str(),
+        "path": path,
+        "query": query,
+        "headers": headers,
+    });
+    let mut resp = Response::new(body::full(Bytes::from(json.to_string())));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Reads at most `limit` bytes of a request body (login forms); more is 413.
+pub async fn read_body_limited(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
+        Err(_) => Err(GatewayError::BadRequest("the request body could not be read")),
+    }
+}

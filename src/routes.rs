@@ -1,0 +1,189 @@
+//! Path normalisation and the route table: the longest `path` prefix on a
+//! segment boundary wins, matched on the same normalised path the upstream
+//! will receive.
+
+use crate::config::RouteConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    NotAbsolute,
+    BadEscape,
+    EncodedSeparator,
+    AboveRoot,
+    ParameterDotSegment,
+}
+
+impl PathError {
+    pub fn description(self) -> &'static str {
+        match self {
+            PathError::NotAbsolute => "the request target must be an absolute path",
+            PathError::BadEscape => "the path holds an invalid percent-escape",
+            PathError::EncodedSeparator => "the path holds an encoded '/', '\\' or NUL",
+            PathError::AboveRoot => "the path climbs above '/'",
+            PathError::ParameterDotSegment => "the path holds a dot-segment with parameters",
+        }
+    }
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// RFC 3986 normalisation of a request path: decode unreserved escapes (and
+/// upper-case the others), merge repeated `/`, remove `.` and `..` segments.
+/// Refuses what backends disagree about: an encoded `/`, `\` or NUL, a climb
+/// above `/`, and `..;`-style segments that Java servers treat as `..`.
+pub fn normalise_path(raw: &str) -> Result<String, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // Fast path: nothing to decode and no dot or empty segments.
+    let b = raw.as_bytes();
+    let simple = !b.contains(&b'%') && !raw.contains("//") && !raw.contains("/.");
+    if simple {
+        return Ok(raw.to_string());
+    }
+
+    let mut decoded = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let (Some(h), Some(l)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) else {
+                return Err(PathError::BadEscape);
+            };
+            let v = h << 4 | l;
+            if matches!(v, b'/' | b'\\' | 0) {
+                return Err(PathError::EncodedSeparator);
+            }
+            if is_unreserved(v) {
+                decoded.push(v as char);
+            } else {
+                decoded.push('%');
+                decoded.push(char::from(b"0123456789ABCDEF"[(v >> 4) as usize]));
+                decoded.push(char::from(b"0123456789ABCDEF"[(v & 15) as usize]));
+            }
+            i += 3;
+        } else {
+            decoded.push(b[i] as char);
+            i += 1;
+        }
+    }
+
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded[1..].split('/').collect();
+    let last = segments.len() - 1;
+    let mut trailing_slash = false;
+    for (n, seg) in segments.iter().enumerate() {
+        match *seg {
+            "" => trailing_slash = n == last,
+            "." => trailing_slash = n == last,
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+                trailing_slash = n == last;
+            }
+            s if s.starts_with("..;") || s.starts_with(".;") => return Err(PathError::ParameterDotSegment),
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut path = String::with_capacity(decoded.len());
+    for seg in &out {
+        path.push('/');
+        path.push_str(seg);
+    }
+    if path.is_empty() || trailing_slash {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+/// Routes ordered longest path first, so the first match is the longest.
+pub struct RouteTable {
+    routes: Vec<RouteConfig>,
+}
+
+impl RouteTable {
+    pub fn new(mut routes: Vec<RouteConfig>) -> RouteTable {
+        routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        RouteTable { routes }
+    }
+
+    /// The route whose path is the longest prefix of `path` on a segment boundary.
+    pub fn match_route(&self, path: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| prefix_matches(&r.path, path))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RouteConfig> {
+        self.routes.iter()
+    }
+}
+
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+}
+
+/// The path the upstream receives: with `strip_prefix`, the route prefix removed.
+pub fn upstream_path<'a>(route: &RouteConfig, path: &'a str) -> &'a str {
+    if route.strip_prefix && route.path != "/" {
+        let rest = &path[route.path.len()..];
+        if rest.is_empty() { "/" } else { rest }
+    } else {
+        path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises() {
+        let ok = |a: &str, b: &str| assert_eq!(normalise_path(a).as_deref(), Ok(b), "{a}");
+        ok("/", "/");
+        ok("/a/b", "/a/b");
+        ok("/a/./b", "/a/b");
+        ok("/a/../b", "/b");
+        ok("/a/b/..", "/a/");
+        ok("//admin", "/admin");
+        ok("/a//b/", "/a/b/");
+        ok("/%61dmin", "/admin");
+        ok("/%2e%2e/x".replace("/%2e%2e", "/a/%2e%2e").as_str(), "/x");
+        ok("/a%20b", "/a%20b");
+        ok("/a%3fb", "/a%3Fb");
+        ok("/public/%2E%2E/admin", "/admin");
+        let err = |a: &str, e: PathError| assert_eq!(normalise_path(a), Err(e), "{a}");
+        err("/..", PathError::AboveRoot);
+        err("/a/../../b", PathError::AboveRoot);
+        err("/%2e%2e/admin", PathError::AboveRoot);
+        err("/a%2fb", PathError::EncodedSeparator);
+        err("/a%2Fb", PathError::EncodedSeparator);
+        err("/a%5cb", PathError::EncodedSeparator);
+        err("/a%00", PathError::EncodedSeparator);
+        err("/a%zz", PathError::BadEscape);
+        err("/a%2", PathError::BadEscape);
+        err("/public/..;/admin", PathError::ParameterDotSegment);
+        err("*", PathError::NotAbsolute);
+    }
+
+    #[test]
+    fn prefixes_on_segment_boundaries() {
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/x"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+}

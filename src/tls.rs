@@ -1,0 +1,55 @@
+//! The rustls server config: TLS 1.2 and 1.3 only, ALPN h2 and http/1.1,
+//! session tickets; and the self-signed development certificate.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::crypto::aws_lc_rs;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use crate::config::{Config, ConfigError};
+
+fn err(config: &Config, key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError { file: config.file.clone(), key: key.into(), message: message.into() }
+}
+
+/// Builds the listener's TLS config, generating a dev certificate first when
+/// `tls.generate_self_signed` is set and the files are missing.
+pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, ConfigError> {
+    let tls = &config.tls;
+    if tls.generate_self_signed && !tls.cert.exists() && !tls.key.exists() {
+        generate_self_signed(&tls.cert, &tls.key, &["localhost".into(), "127.0.0.1".into(), "::1".into()])
+            .map_err(|m| err(config, "tls.cert", format!("cannot generate a self-signed certificate: {m}")))?;
+        tracing::warn!(cert = %tls.cert.display(), "generated a self-signed certificate for localhost (tls.generate_self_signed = true); clients will not trust it");
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| err(config, "tls.cert", format!("cannot read a PEM certificate from {}: {e}", tls.cert.display())))?;
+    if certs.is_empty() {
+        return Err(err(config, "tls.cert", format!("{} holds no certificate", tls.cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| err(config, "tls.key", format!("cannot read a PEM private key from {}: {e}", tls.key.display())))?;
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let mut sc = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| err(config, "tls", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| err(config, "tls.key", format!("the key does not fit the certificate: {e}")))?;
+    sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Returning clients resume without a full handshake.
+    sc.ticketer = aws_lc_rs::Ticketer::new().map_err(|e| err(config, "tls", e.to_string()))?;
+    Ok(Arc::new(sc))
+}
+
+/// Writes a self-signed ECDSA P-256 certificate for `hosts` and its key (0600).
+pub fn generate_self_signed(cert: &Path, key: &Path, hosts: &[String]) -> Result<(), String> {
+    let ck = rcgen::generate_simple_self_signed(hosts.to_vec()).map_err(|e| e.to_string())?;
+    if let Some(dir) = cert.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    crate::keys::write_private_pem(key, &ck.signing_key.serialize_pem()).map_err(|e| format!("{}: {e}", key.display()))?;
+    std::fs::write(cert, ck.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))
+}
