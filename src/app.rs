@@ -94,7 +94,8 @@ impl App {
         }
 
         let fwd = Forwarded { peer: self.client_ip(conn.peer, req.headers()), host: None };
-        let host = req.headers().get(header::HOST).cloned().or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let host =
+            req.headers().get(header::HOST).cloned().or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         let fwd = Forwarded { host: host.as_ref(), ..fwd };
         let upgrade = proxy::wants_upgrade(&req).then(|| req.headers().get(header::UPGRADE).cloned()).flatten();
         proxy::rewrite_headers(req.headers_mut(), &fwd, upgrade, self.config.identity.forward_authorization);

@@ -100,11 +100,7 @@ struct RawTls {
 
 impl Default for RawTls {
     fn default() -> Self {
-        RawTls {
-            cert: "certs/dev-cert.pem".into(),
-            key: "certs/dev-key.pem".into(),
-            generate_self_signed: false,
-        }
+        RawTls { cert: "certs/dev-cert.pem".into(), key: "certs/dev-key.pem".into(), generate_self_signed: false }
     }
 }
 
@@ -367,7 +363,10 @@ pub enum AuthMode {
 pub enum Upstream {
     Echo,
     /// `http://host:port[/base]`: scheme and authority, and a base path ("" or "/x")
-    Http { authority: http::uri::Authority, base: String },
+    Http {
+        authority: http::uri::Authority,
+        base: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -496,11 +495,8 @@ impl Validator<'_> {
 
     fn config(&self, raw: RawConfig) -> R<Config> {
         let server = self.server(raw.server)?;
-        let tls = TlsConfig {
-            cert: self.path(&raw.tls.cert),
-            key: self.path(&raw.tls.key),
-            generate_self_signed: raw.tls.generate_self_signed,
-        };
+        let tls =
+            TlsConfig { cert: self.path(&raw.tls.cert), key: self.path(&raw.tls.key), generate_self_signed: raw.tls.generate_self_signed };
         let jwt = self.jwt(raw.jwt)?;
         let identity = self.identity(raw.identity)?;
         let login = raw.login.map(|l| self.login(l)).transpose()?;
@@ -577,12 +573,22 @@ impl Validator<'_> {
         let symmetric = key_source(algorithm) == KeySource::Secret;
         if symmetric {
             if j.secret_env.is_none() && j.secret_file.is_none() {
-                return Err(self.err("jwt.secret_env", format!("{} needs a secret: set secret_env to the name of an environment variable holding it (or secret_file)", j.algorithm)));
+                return Err(self.err(
+                    "jwt.secret_env",
+                    format!(
+                        "{} needs a secret: set secret_env to the name of an environment variable holding it (or secret_file)",
+                        j.algorithm
+                    ),
+                ));
             }
             if j.secret_env.is_some() && j.secret_file.is_some() {
                 return Err(self.err("jwt.secret_file", "set secret_env or secret_file, not both"));
             }
-            for (k, set) in [("private_key", j.private_key.is_some()), ("public_key", j.public_key.is_some()), ("generate_signing_key", j.generate_signing_key)] {
+            for (k, set) in [
+                ("private_key", j.private_key.is_some()),
+                ("public_key", j.public_key.is_some()),
+                ("generate_signing_key", j.generate_signing_key),
+            ] {
                 if set {
                     return Err(self.err(format!("jwt.{k}"), format!("not used with {}: HMAC uses secret_env", j.algorithm)));
                 }
@@ -596,7 +602,10 @@ impl Validator<'_> {
                 return Err(self.err(format!("jwt.{k}"), format!("not used with {}: set private_key (or public_key)", j.algorithm)));
             }
             if j.private_key.is_none() && j.public_key.is_none() {
-                return Err(self.err("jwt.private_key", format!("{} needs a PEM key: set private_key (signing) or public_key (verify only)", j.algorithm)));
+                return Err(self.err(
+                    "jwt.private_key",
+                    format!("{} needs a PEM key: set private_key (signing) or public_key (verify only)", j.algorithm),
+                ));
             }
             if j.generate_signing_key && j.private_key.is_none() {
                 return Err(self.err("jwt.generate_signing_key", "needs jwt.private_key: the path the key is written to"));
@@ -628,7 +637,8 @@ impl Validator<'_> {
                     .map(|(k, a)| {
                         let alg = parse_algorithm(a).map_err(|m| self.err(format!("{key}.algorithms[{k}]"), m))?;
                         if key_source(alg) == KeySource::Secret {
-                            return Err(self.err(format!("{key}.algorithms[{k}]"), "an external issuer's keys come from a JWKS: HMAC is not allowed"));
+                            return Err(self
+                                .err(format!("{key}.algorithms[{k}]"), "an external issuer's keys come from a JWKS: HMAC is not allowed"));
                         }
                         Ok(alg)
                     })
@@ -680,7 +690,13 @@ impl Validator<'_> {
                 return Err(self.err("identity", format!("{h} cannot be an identity header")));
             }
         }
-        Ok(IdentityConfig { subject_header, claim_headers, strip_prefixes, forward_authorization: i.forward_authorization, assertion_header })
+        Ok(IdentityConfig {
+            subject_header,
+            claim_headers,
+            strip_prefixes,
+            forward_authorization: i.forward_authorization,
+            assertion_header,
+        })
     }
 
     fn login(&self, l: RawLogin) -> R<LoginConfig> {
@@ -744,7 +760,9 @@ impl Validator<'_> {
     fn cors(&self, c: RawCors) -> R<CorsConfig> {
         for (i, o) in c.allowed_origins.iter().enumerate() {
             if o != "*" && !(o.starts_with("https://") || o.starts_with("http://")) {
-                return Err(self.err(format!("cors.allowed_origins[{i}]"), format!("{o:?} is not an origin like \"https://app.example.com\"")));
+                return Err(
+                    self.err(format!("cors.allowed_origins[{i}]"), format!("{o:?} is not an origin like \"https://app.example.com\""))
+                );
             }
         }
         if c.allow_credentials && c.allowed_origins.iter().any(|o| o == "*") {
@@ -752,8 +770,16 @@ impl Validator<'_> {
         }
         Ok(CorsConfig {
             allowed_origins: c.allowed_origins,
-            allowed_methods: if c.allowed_methods.is_empty() { vec!["GET".into(), "POST".into(), "PUT".into(), "PATCH".into(), "DELETE".into()] } else { c.allowed_methods },
-            allowed_headers: if c.allowed_headers.is_empty() { vec!["authorization".into(), "content-type".into()] } else { c.allowed_headers },
+            allowed_methods: if c.allowed_methods.is_empty() {
+                vec!["GET".into(), "POST".into(), "PUT".into(), "PATCH".into(), "DELETE".into()]
+            } else {
+                c.allowed_methods
+            },
+            allowed_headers: if c.allowed_headers.is_empty() {
+                vec!["authorization".into(), "content-type".into()]
+            } else {
+                c.allowed_headers
+            },
             max_age: c.max_age.as_deref().map(|m| self.duration("cors.max_age", m)).transpose()?.unwrap_or(Duration::from_secs(600)),
             allow_credentials: c.allow_credentials,
         })
@@ -784,9 +810,7 @@ pub fn parse_algorithm(s: &str) -> Result<jsonwebtoken::Algorithm, String> {
         "ES384" => ES384,
         "EdDSA" => EdDSA,
         other => {
-            return Err(format!(
-                "{other:?} is not one of: HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
-            ));
+            return Err(format!("{other:?} is not one of: HS256 HS384 HS512 RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"));
         }
     })
 }

@@ -182,7 +182,21 @@ mod tests {
     #[test]
     fn every_token_error_fits_in_a_header() {
         use TokenError::*;
-        for e in [Malformed, Algorithm, Signature, Expired, NotYetValid, Issuer, Audience, MissingClaim, UnknownKey, Critical, Type, Revoked, BadClaimValue] {
+        for e in [
+            Malformed,
+            Algorithm,
+            Signature,
+            Expired,
+            NotYetValid,
+            Issuer,
+            Audience,
+            MissingClaim,
+            UnknownKey,
+            Critical,
+            Type,
+            Revoked,
+            BadClaimValue,
+        ] {
             let r = GatewayError::InvalidToken(e).into_response();
             assert!(r.headers().contains_key(header::WWW_AUTHENTICATE), "{e:?}");
         }

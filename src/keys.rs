@@ -3,14 +3,14 @@
 
 use std::path::Path;
 
-use aws_lc_rs::signature::{self, Ed25519KeyPair, EcdsaKeyPair, KeyPair};
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
 use serde_json::{Value, json};
 
-use crate::config::{Config, ConfigError, KeySource, JwtConfig, key_source};
+use crate::config::{Config, ConfigError, JwtConfig, KeySource, key_source};
 
 /// One key that verifies tokens, with its `kid` and public JWK.
 pub struct VerifyKey {
@@ -65,7 +65,8 @@ pub fn load(config: &Config) -> Result<KeySet, ConfigError> {
     let mut sign = None;
     if let Some(path) = &jwt.private_key {
         if !path.exists() && jwt.generate_signing_key {
-            generate_private_key(alg, path).map_err(|e| err(config, "jwt.private_key", format!("cannot create {}: {e}", path.display())))?;
+            generate_private_key(alg, path)
+                .map_err(|e| err(config, "jwt.private_key", format!("cannot create {}: {e}", path.display())))?;
             tracing::warn!(path = %path.display(), "generated a new JWT signing key (jwt.generate_signing_key = true); tokens signed by an earlier key no longer verify");
         }
         let pem = std::fs::read(path).map_err(|e| err(config, "jwt.private_key", format!("cannot read {}: {e}", path.display())))?;
@@ -90,8 +91,13 @@ pub fn load(config: &Config) -> Result<KeySet, ConfigError> {
 
 fn read_secret(config: &Config, jwt: &JwtConfig) -> Result<Vec<u8>, ConfigError> {
     let (key, secret) = if let Some(var) = &jwt.secret_env {
-        let v = std::env::var_os(var)
-            .ok_or_else(|| err(config, "jwt.secret_env", format!("the environment variable {var} is not set; export it with a random secret of at least 32 bytes")))?;
+        let v = std::env::var_os(var).ok_or_else(|| {
+            err(
+                config,
+                "jwt.secret_env",
+                format!("the environment variable {var} is not set; export it with a random secret of at least 32 bytes"),
+            )
+        })?;
         ("jwt.secret_env", v.into_encoded_bytes())
     } else if let Some(path) = &jwt.secret_file {
         let mut v = std::fs::read(path).map_err(|e| err(config, "jwt.secret_file", format!("cannot read {}: {e}", path.display())))?;

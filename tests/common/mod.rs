@@ -1,0 +1,308 @@
+//! Test harness: a real gateway on 127.0.0.1:0 with its own certificate and
+//! keys in a temp folder, a real TLS client that trusts that certificate,
+//! and a real upstream HTTP server that records what it received.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+pub use authgate::server::Running;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: http::HeaderMap,
+    pub body_len: usize,
+}
+
+/// A real HTTP/1.1 upstream on 127.0.0.1:0.
+///
+/// Paths: `/slow/<ms>` answers after a delay; `/bytes/<n>` streams n bytes;
+/// `/ws` accepts a WebSocket-style upgrade and echoes bytes; `/status/<code>`
+/// answers that status; anything else answers 200 `upstream ok`. Every
+/// request body is read to the end (and counted, not kept).
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let up = Upstream { addr, hits: Arc::new(AtomicUsize::new(0)), seen: Arc::new(Mutex::new(Vec::new())) };
+        let state = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle_upstream(state.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).with_upgrades().await;
+                });
+            }
+        });
+        up
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().expect("lock").last().cloned().expect("the upstream saw no request")
+    }
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn handle_upstream(state: Upstream, mut req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    let seen = Seen {
+        method: req.method().to_string(),
+        path: path.clone(),
+        query: req.uri().query().map(String::from),
+        headers: req.headers().clone(),
+        body_len: 0,
+    };
+    if path == "/ws" {
+        state.seen.lock().expect("lock").push(seen);
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let resp = Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::new(Bytes::new()).boxed())
+            .expect("response");
+        return Ok(resp);
+    }
+    // Drain the body frame by frame: counted, never held whole.
+    let mut body = req.into_body();
+    let mut len = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(d) = frame.data_ref() {
+            len += d.len();
+        }
+    }
+    state.seen.lock().expect("lock").push(Seen { body_len: len, ..seen });
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let resp = Response::builder()
+            .status(code.parse::<u16>().unwrap_or(500))
+            .body(Full::new(Bytes::from("status")).boxed())
+            .expect("response");
+        return Ok(resp);
+    }
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let total: usize = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::unfold(total, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                let n = left.min(chunk.len());
+                Some((Ok::<_, Infallible>(Frame::data(chunk.slice(..n))), left - n))
+            }
+        });
+        return Ok(Response::new(StreamBody::new(stream).boxed()));
+    }
+    let body = format!("upstream ok, body_len={len}");
+    Ok(Response::builder()
+        .header("x-upstream", "yes")
+        .header("connection", "keep-alive")
+        .body(Full::new(Bytes::from(body)).boxed())
+        .expect("response"))
+}
+
+/// A gateway config with the given routes (TOML `[[routes]]` tables) and
+/// extra sections, with TLS and ES256 keys generated in `dir`.
+pub fn config_text(dir: &Path, extra: &str, routes: &str) -> String {
+    let d = dir.display();
+    let base = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+header_read_timeout = "2s"
+upstream_timeout = "2s"
+shutdown_grace = "2s"
+
+[tls]
+cert = "{d}/cert.pem"
+key = "{d}/key.pem"
+generate_self_signed = true
+"#
+    );
+    let jwt = if extra.contains("[jwt]") {
+        String::new()
+    } else {
+        format!(
+            r#"
+[jwt]
+algorithm = "ES256"
+private_key = "{d}/jwt.pem"
+generate_signing_key = true
+issuer = "authgate"
+audience = "api"
+leeway = "5s"
+"#
+        )
+    };
+    let identity = if extra.contains("[identity]") {
+        String::new()
+    } else {
+        "\n[identity]\nclaim_headers = { roles = \"X-Auth-Roles\", email = \"X-Auth-Email\" }\n".to_string()
+    };
+    format!("{base}{jwt}{identity}{extra}\n{routes}")
+}
+
+pub struct Gateway {
+    pub running: Option<Running>,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+impl Gateway {
+    /// Starts a gateway in-process with `config_text(dir, extra, routes)`.
+    pub async fn start(extra: &str, routes: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = config_text(dir.path(), extra, routes);
+        Gateway::start_in(dir, &text).await
+    }
+
+    /// Starts a gateway from full config text, written to `dir/config.toml`.
+    pub async fn start_in(dir: tempfile::TempDir, text: &str) -> Gateway {
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, text).expect("write config");
+        let config = authgate::config::load(&file).unwrap_or_else(|e| panic!("config: {e}"));
+        let running = authgate::server::start(config).await.unwrap_or_else(|e| panic!("start: {e:#}"));
+        let addr = running.addr;
+        let client = client_for(&dir.path().join("cert.pem"), false);
+        Gateway { running: Some(running), addr, dir, client }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{}", self.addr.port(), path)
+    }
+
+    pub fn app(&self) -> &authgate::app::App {
+        &self.running.as_ref().expect("running").app
+    }
+
+    /// A token signed by the gateway's own key.
+    pub fn token(&self, sub: &str, claims: serde_json::Value) -> String {
+        let extra = claims.as_object().cloned().unwrap_or_default();
+        self.app().signer.as_ref().expect("signer").sign(sub, &extra, Duration::from_secs(600)).expect("sign").token
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// A reqwest client over real TLS that trusts only the gateway's certificate.
+/// `localhost` resolves to 127.0.0.1 so the name matches the certificate.
+pub fn client_for(cert: &Path, http2_only: bool) -> reqwest::Client {
+    let pem = std::fs::read(cert).expect("read cert");
+    let mut b = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("cert pem")])
+        .resolve("localhost", "127.0.0.1:0".parse().expect("addr"))
+        .timeout(Duration::from_secs(30))
+        .no_proxy();
+    if http2_only {
+        b = b.http2_prior_knowledge();
+    }
+    b.build().expect("client")
+}
+
+/// Reads a JSON response body, panicking with the text when it is not JSON.
+pub async fn json(resp: reqwest::Response) -> serde_json::Value {
+    let text = resp.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+/// A rustls client config trusting the gateway's certificate, for raw-byte tests.
+pub fn rustls_client(cert: &Path, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(cert).expect("cert") {
+        roots.add(c.expect("cert")).expect("add root");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// Opens a raw TLS stream to the gateway (HTTP/1.1 unless `alpn` says otherwise).
+pub async fn raw_tls(gw: &Gateway, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(rustls_client(&gw.cert_path(), alpn));
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    connector.connect(name, tcp).await.expect("tls handshake")
+}
+
+/// Sends raw bytes over TLS and reads until the server closes or `wait` passes.
+pub async fn raw_request(gw: &Gateway, bytes: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = raw_tls(gw, &[b"http/1.1"]).await;
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Path of the built `authgate` binary, for CLI tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_authgate"))
+}
