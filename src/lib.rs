@@ -13,6 +13,7 @@ pub mod app;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod identity;
 pub mod jwt;

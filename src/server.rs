@@ -11,7 +11,6 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -19,6 +18,7 @@ use tracing::Instrument;
 
 use crate::app::{App, ConnInfo};
 use crate::config::{Config, ServerConfig};
+use crate::conn::{Activity, Expired, WatchedIo};
 
 /// A running gateway (in-process): its address and a way to stop it.
 pub struct Running {
@@ -58,7 +58,8 @@ fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
     // most oversized heads with its JSON 431; hyper's bare 431 is the backstop.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(s.header_read_timeout)
+        // conn::Activity enforces header_read_timeout from a head's first byte.
+        .header_read_timeout(None)
         .max_headers(s.max_headers * 2)
         .max_buf_size((s.max_header_bytes * 4).max(8192 * 2))
         .keep_alive(true);
@@ -68,8 +69,7 @@ fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_header_list_size((s.max_header_bytes * 4) as u32)
         .max_pending_accept_reset_streams(Some(50))
         .max_local_error_reset_streams(Some(256))
-        .keep_alive_interval(Some(s.idle_timeout))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_interval(None);
     b
 }
 
@@ -78,7 +78,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, acceptor: TlsAcceptor, 
     let s = app.config.server.clone();
     let builder = Arc::new(http_builder(&s));
     let slots = Arc::new(Semaphore::new(s.max_connections));
-    let graceful = GracefulShutdown::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         // Past max_connections, further clients wait in the kernel's backlog.
@@ -99,36 +99,72 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, acceptor: TlsAcceptor, 
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let conn = ConnInfo { peer };
-        let app = app.clone();
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let handshake_timeout = s.header_read_timeout;
+        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), acceptor.clone(), builder.clone(), stop_rx.clone());
         tokio::spawn(
             async move {
                 let _permit = permit;
-                let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
-                    Err(_) => return tracing::debug!("TLS handshake timed out"),
-                };
-                let svc = service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, Infallible>(app.handle(conn, req).await) }
-                });
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).into_owned();
-                if let Err(error) = watcher.watch(connection).await {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
+                task.await;
             }
             .instrument(tracing::info_span!("conn", %peer)),
         );
     }
     drop(listener);
-    tracing::info!(connections = graceful.count(), "shutting down");
-    if tokio::time::timeout(s.shutdown_grace, graceful.shutdown()).await.is_err() {
+    let open = s.max_connections - slots.available_permits();
+    tracing::info!(connections = open, "shutting down: draining connections");
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(s.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(s.shutdown_grace, slots.acquire_many(all)).await.is_err() {
         tracing::warn!(grace = ?s.shutdown_grace, "connections still open after shutdown_grace; closing them");
+    }
+}
+
+/// One connection: TLS handshake under the header timeout, then HTTP until
+/// the client leaves, a deadline passes, or shutdown asks it to finish.
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    conn: ConnInfo,
+    app: Arc<App>,
+    acceptor: TlsAcceptor,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (header_timeout, idle_timeout) = (app.config.server.header_read_timeout, app.config.server.idle_timeout);
+    let tls = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
+        Err(_) => return tracing::debug!("TLS handshake timed out"),
+    };
+    let activity = Activity::new();
+    let io = TokioIo::new(WatchedIo::new(tls, activity.clone()));
+    let svc_activity = activity.clone();
+    let svc = service_fn(move |req| {
+        let app = app.clone();
+        let guard = svc_activity.request();
+        async move {
+            let resp = app.handle(conn, req).await;
+            drop(guard);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(connection);
+    let finish_gracefully = tokio::select! {
+        r = connection.as_mut() => {
+            if let Err(error) = r {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            return;
+        }
+        expired = activity.watchdog(header_timeout, idle_timeout) => {
+            tracing::debug!(?expired, "connection deadline passed");
+            expired == Expired::Idle
+        }
+        _ = stop.wait_for(|s| *s) => true,
+    };
+    if finish_gracefully {
+        // Lets an in-flight response finish; an idle connection closes at once.
+        connection.as_mut().graceful_shutdown();
+        let _ = connection.await;
     }
 }
 
