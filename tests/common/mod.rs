@@ -306,3 +306,67 @@ pub async fn raw_request(gw: &Gateway, bytes: &[u8], wait: Duration) -> String {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_authgate"))
 }
+
+/// The status code of a raw HTTP/1.1 response (0 when there is none).
+pub fn status_of(raw: &str) -> u16 {
+    raw.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// The body of a raw HTTP/1.1 response (after the blank line).
+pub fn body_of(raw: &str) -> &str {
+    raw.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+/// A gateway run as the real binary (`authgate serve`), for what the
+/// in-process harness cannot do, such as secrets from environment variables
+/// (`std::env::set_var` is unsafe, and unsafe code is forbidden). Killed on drop.
+pub struct Spawned {
+    pub gw: Gateway,
+    child: std::process::Child,
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `authgate serve` with `text` written to `dir/config.toml` and the
+/// given environment, and waits (with a deadline) for its listening line.
+pub fn spawn_binary(dir: tempfile::TempDir, text: &str, env: &[(&str, &str)]) -> Spawned {
+    use std::io::BufRead;
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, text).expect("write config");
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("serve").arg("--config").arg(&file).env("RUST_LOG", "info").env("NO_COLOR", "1");
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn authgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut log = String::new();
+    let addr = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            panic!("authgate did not start listening; its stderr:\n{log}");
+        };
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("listen=")).and_then(|a| a.parse::<SocketAddr>().ok()) {
+            break addr;
+        }
+    };
+    let client = client_for(&dir.path().join("cert.pem"), false);
+    Spawned { gw: Gateway { running: None, addr, dir, client }, child }
+}

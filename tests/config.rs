@@ -1,0 +1,232 @@
+//! The command line against real config files: `authgate check` on good and
+//! bad configs (one stderr line naming file and key, exit 2, never a panic),
+//! `authgate token` minting a token the gateway accepts, `authgate gen-cert`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use base64::Engine;
+use common::*;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env("NO_COLOR", "1").env("RUST_BACKTRACE", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run authgate")
+}
+
+fn check(dir: &Path, text: &str, env: &[(&str, &str)]) -> Output {
+    let file = dir.join("config.toml");
+    std::fs::write(&file, text).expect("write config");
+    run(&["check", "--config", file.to_str().expect("utf-8 path")], env)
+}
+
+/// Asserts exit code 2 and exactly one stderr line naming the file and `key`.
+fn assert_config_error(out: &Output, dir: &Path, key: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {stderr}");
+    let line = lines[0];
+    let file = dir.join("config.toml");
+    assert!(line.contains(file.to_str().expect("utf-8")), "names the file: {line}");
+    assert!(line.contains(key), "names the key {key}: {line}");
+    assert!(!stderr.contains("panicked") && !stderr.to_lowercase().contains("backtrace"), "no panic: {stderr}");
+    line.to_string()
+}
+
+const ROUTES: &str = "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n";
+
+#[test]
+fn check_accepts_a_good_config_and_prints_a_summary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", "[[routes]]\npath = \"/api\"\nupstream = \"http://127.0.0.1:9\"\nroles = [\"admin\"]\n");
+    let out = check(dir.path(), &text, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("is valid"), "summary: {stdout}");
+    assert!(stdout.contains("/api") && stdout.contains("http://127.0.0.1:9") && stdout.contains("roles=admin"), "summary: {stdout}");
+    assert!(stdout.contains("ES256"), "summary names the algorithm: {stdout}");
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", ROUTES).replace("[server]\n", "[server]\nlisten_adress = \"127.0.0.1:0\"\n");
+    let line = assert_config_error(&check(dir.path(), &text, &[]), dir.path(), "server");
+    assert!(line.contains("listen_adress"), "{line}");
+}
+
+#[test]
+fn unknown_key_in_a_route_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", "[[routes]]\npath = \"/\"\nupstream = \"echo\"\nrole = [\"admin\"]\n");
+    let line = assert_config_error(&check(dir.path(), &text, &[]), dir.path(), "routes");
+    assert!(line.contains("role"), "{line}");
+}
+
+#[test]
+fn bad_duration_names_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", ROUTES).replace("upstream_timeout = \"2s\"", "upstream_timeout = \"2 seconds\"");
+    assert_config_error(&check(dir.path(), &text, &[]), dir.path(), "server.upstream_timeout");
+}
+
+#[test]
+fn bad_upstream_names_the_route_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n\n[[routes]]\npath = \"/b\"\nupstream = \"ftp://example.com\"\n";
+    let text = config_text(dir.path(), "", routes);
+    assert_config_error(&check(dir.path(), &text, &[]), dir.path(), "routes[1].upstream");
+}
+
+fn hs_config(dir: &Path, var: &str) -> String {
+    config_text(dir, &format!("[jwt]\nalgorithm = \"HS256\"\nsecret_env = \"{var}\"\nissuer = \"authgate\"\naudience = \"api\"\n"), ROUTES)
+}
+
+#[test]
+fn hs_secret_env_var_missing_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let var = "AUTHGATE_TEST_CONFIG_MISSING_SECRET";
+    let mut cmd = Command::new(bin());
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, hs_config(dir.path(), var)).expect("write");
+    let out = cmd.args(["check", "--config", file.to_str().expect("utf-8")]).env_remove(var).output().expect("run");
+    let line = assert_config_error(&out, dir.path(), "jwt.secret_env");
+    assert!(line.contains(var), "names the variable: {line}");
+}
+
+#[test]
+fn hs_secret_shorter_than_32_bytes_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let var = "AUTHGATE_TEST_CONFIG_SHORT_SECRET";
+    let out = check(dir.path(), &hs_config(dir.path(), var), &[(var, "0123456789abcdef0123456789abcde")]);
+    let line = assert_config_error(&out, dir.path(), "jwt.secret_env");
+    assert!(line.contains("32"), "says the minimum: {line}");
+    // 32 bytes is enough.
+    let out = check(dir.path(), &hs_config(dir.path(), var), &[(var, "0123456789abcdef0123456789abcdef")]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn hs_secret_is_not_accepted_inline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = hs_config(dir.path(), "X").replace("secret_env = \"X\"", "secret = \"0123456789abcdef0123456789abcdef\"");
+    assert_config_error(&check(dir.path(), &text, &[]), dir.path(), "jwt");
+}
+
+#[test]
+fn invalid_toml_is_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", ROUTES).replace("[server]", "[server");
+    let out = check(dir.path(), &text, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| !l.trim().is_empty()).count(), 1, "{stderr}");
+}
+
+#[test]
+fn missing_config_file_exits_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("nope.toml");
+    let out = run(&["check", "--config", file.to_str().expect("utf-8")], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nope.toml") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn minted_token_is_accepted_by_the_gateway() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", &format!("[[routes]]\npath = \"/\"\nupstream = \"{}\"\n", up.url()));
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, &text).expect("write config");
+    let out = run(
+        &[
+            "token",
+            "--sub",
+            "svc-backup",
+            "--ttl",
+            "10m",
+            "--claim",
+            "email=backup@example.com",
+            "--claim",
+            "roles=[\"ops\",\"backup\"]",
+            "--config",
+            file.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64")).expect("json");
+    let ttl = claims["exp"].as_u64().expect("exp") - claims["iat"].as_u64().expect("iat");
+    assert_eq!(ttl, 600, "--ttl 10m: {claims}");
+
+    let gw = Gateway::start_in(dir, &text).await;
+    let r = gw.client.get(gw.url("/x")).bearer_auth(&token).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-auth-subject"], "svc-backup");
+    assert_eq!(seen.headers["x-auth-email"], "backup@example.com");
+    assert_eq!(seen.headers["x-auth-roles"], "ops,backup");
+    gw.stop().await;
+}
+
+#[test]
+fn hs256_token_is_minted_from_the_env_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let var = "AUTHGATE_TEST_CONFIG_TOKEN_SECRET";
+    let secret = "an HS256 secret that is long enough, 42 bytes";
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, hs_config(dir.path(), var)).expect("write");
+    let out = run(&["token", "--sub", "alice", "--config", file.to_str().expect("utf-8")], &[(var, secret)]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.set_audience(&["api"]);
+    v.set_issuer(&["authgate"]);
+    let data =
+        jsonwebtoken::decode::<serde_json::Value>(&token, &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()).expect("key"), &v)
+            .expect("verifies with the env secret");
+    assert_eq!(data.claims["sub"], "alice");
+}
+
+#[test]
+fn gen_cert_writes_a_certificate_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("out");
+    let out = run(&["gen-cert", "--out", out_dir.to_str().expect("utf-8"), "--host", "gw.internal"], &[]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let cert = std::fs::read_to_string(out_dir.join("dev-cert.pem")).expect("cert written");
+    let key = std::fs::read_to_string(out_dir.join("dev-key.pem")).expect("key written");
+    assert!(cert.contains("BEGIN CERTIFICATE"), "{cert}");
+    assert!(key.contains("PRIVATE KEY"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out_dir.join("dev-key.pem")).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key is private: {mode:o}");
+    }
+}
+
+#[tokio::test]
+async fn gen_cert_output_serves_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(&["gen-cert", "--out", dir.path().to_str().expect("utf-8")], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    std::fs::rename(dir.path().join("dev-cert.pem"), dir.path().join("cert.pem")).expect("rename");
+    std::fs::rename(dir.path().join("dev-key.pem"), dir.path().join("key.pem")).expect("rename");
+    let text = config_text(dir.path(), "", ROUTES).replace("generate_self_signed = true", "generate_self_signed = false");
+    let gw = Gateway::start_in(dir, &text).await;
+    let r = gw.client.get(gw.url("/")).send().await.expect("TLS with the gen-cert certificate");
+    assert_eq!(r.status(), 401);
+    gw.stop().await;
+}

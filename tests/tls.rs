@@ -1,0 +1,141 @@
+//! The TLS listener: ALPN h2 and http/1.1, TLS 1.2 and 1.3 (and nothing
+//! older), the generated development certificate, plain HTTP refused.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ROUTES: &str = "[[routes]]\npath = \"/\"\nupstream = \"echo\"\nauth = \"public\"\n";
+
+#[tokio::test]
+async fn alpn_negotiates_h2_and_http11() {
+    let gw = Gateway::start("", ROUTES).await;
+    let h2 = raw_tls(&gw, &[b"h2"]).await;
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let h1 = raw_tls(&gw, &[b"http/1.1"]).await;
+    assert_eq!(h1.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // A client that prefers h2 gets h2.
+    let both = raw_tls(&gw, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(both.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn requests_work_over_http2_and_http11() {
+    let gw = Gateway::start("", ROUTES).await;
+    let h2 = client_for(&gw.cert_path(), true);
+    let r = h2.get(gw.url("/x")).send().await.expect("h2 request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+
+    let pem = std::fs::read(gw.cert_path()).expect("cert");
+    let h1 = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("pem")])
+        .http1_only()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let r = h1.get(gw.url("/x")).send().await.expect("http/1.1 request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+}
+
+async fn connect_with(gw: &Gateway, version: &'static rustls::SupportedProtocolVersion) -> Result<rustls::ProtocolVersion, std::io::Error> {
+    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(gw.cert_path()).expect("cert") {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .expect("version")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(ServerName::try_from("localhost").expect("name"), tcp).await?;
+    let v = s.get_ref().1.protocol_version().expect("negotiated");
+    // The connection is usable, not just established.
+    s.write_all(b"GET /v HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.ok();
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    Ok(v)
+}
+
+#[tokio::test]
+async fn tls12_only_and_tls13_only_clients_both_connect() {
+    let gw = Gateway::start("", ROUTES).await;
+    assert_eq!(connect_with(&gw, &rustls::version::TLS12).await.expect("TLS 1.2"), rustls::ProtocolVersion::TLSv1_2);
+    assert_eq!(connect_with(&gw, &rustls::version::TLS13).await.expect("TLS 1.3"), rustls::ProtocolVersion::TLSv1_3);
+    gw.stop().await;
+}
+
+/// A hand-written TLS 1.1 ClientHello (rustls cannot speak 1.1): the server
+/// must answer with an alert or close, never a ServerHello.
+#[tokio::test]
+async fn tls11_client_hello_is_refused() {
+    let gw = Gateway::start("", ROUTES).await;
+    // ClientHello, legacy_version 3.2 (TLS 1.1), two CBC suites, no extensions.
+    let mut hello = vec![0x03, 0x02];
+    hello.extend_from_slice(&[0x11; 32]); // random
+    hello.push(0); // session id
+    hello.extend_from_slice(&[0x00, 0x04, 0x00, 0x2f, 0x00, 0x35]); // suites
+    hello.extend_from_slice(&[0x01, 0x00]); // compression: null
+    let mut hs = vec![0x01, 0x00, (hello.len() >> 8) as u8, hello.len() as u8];
+    hs.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x02, (hs.len() >> 8) as u8, hs.len() as u8];
+    record.extend_from_slice(&hs);
+
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    tcp.write_all(&record).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    // A ServerHello would be a handshake record (0x16); an alert is 0x15.
+    assert_ne!(out.first(), Some(&0x16), "the server went on with a TLS 1.1 handshake: {out:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn generate_self_signed_creates_cert_and_key() {
+    let gw = Gateway::start("", ROUTES).await;
+    let cert = std::fs::read_to_string(gw.dir.path().join("cert.pem")).expect("cert created");
+    let key = std::fs::read_to_string(gw.dir.path().join("key.pem")).expect("key created");
+    assert!(cert.contains("BEGIN CERTIFICATE"));
+    assert!(key.contains("PRIVATE KEY"));
+    // And the JWT signing key (jwt.generate_signing_key).
+    let jwt = std::fs::read_to_string(gw.dir.path().join("jwt.pem")).expect("signing key created");
+    assert!(jwt.contains("BEGIN PRIVATE KEY"));
+    // The harness client trusts only that certificate, for the name localhost.
+    assert_eq!(gw.client.get(gw.url("/")).send().await.expect("send").status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn missing_cert_without_generation_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", ROUTES).replace("generate_self_signed = true", "generate_self_signed = false");
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, text).expect("write");
+    let config = authgate::config::load(&file).expect("config");
+    let err = authgate::server::start(config).await.err().expect("refused without a certificate");
+    assert!(format!("{err:#}").contains("tls.cert"), "{err:#}");
+}
+
+#[tokio::test]
+async fn plain_http_to_the_tls_port_gets_no_200() {
+    let gw = Gateway::start("", ROUTES).await;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains("200"), "plain HTTP answered: {text}");
+    assert!(!text.contains("upstream") && !text.contains("\"path\""), "plain HTTP was served: {text}");
+    gw.stop().await;
+}
