@@ -169,9 +169,16 @@ impl Verifier {
         }
         // jwk/jku/x5u/x5c in the header are never used to find a key.
         let message = &token[..h.len() + 1 + p.len()];
+        // `kid` is only a hint: another issuer's tokens (verify-only
+        // `public_key`) name keys their own way, so an unknown kid falls back
+        // to every configured key. Either way, only our keys can verify.
+        let all = || self.keys.verify.iter().collect::<Vec<_>>();
         let candidates: Vec<_> = match header.get("kid") {
-            None => self.keys.verify.iter().collect(),
-            Some(Value::String(kid)) => self.keys.verify.iter().filter(|k| &k.kid == kid).collect(),
+            None => all(),
+            Some(Value::String(kid)) => {
+                let named: Vec<_> = self.keys.verify.iter().filter(|k| &k.kid == kid).collect();
+                if named.is_empty() { all() } else { named }
+            }
             Some(_) => return Err(TokenError::Malformed),
         };
         if candidates.is_empty() {

@@ -62,7 +62,7 @@ fn gateway_key(gw: &Gateway) -> EncodingKey {
 
 /// A fresh key an attacker holds.
 fn attacker_key(alg: Algorithm, dir: &Path) -> (EncodingKey, Vec<u8>) {
-    let path = dir.join(format!("attacker-{alg:?}.pem"));
+    let path = dir.join(format!("attacker-{alg:?}-{}.pem", authgate::jwt::random_id(6)));
     authgate::keys::generate_private_key(alg, &path).expect("generate");
     let pem = std::fs::read(&path).expect("read");
     (encoding_key(alg, &pem), pem)
@@ -290,7 +290,7 @@ async fn token_signed_by_another_es256_key_is_refused() {
     assert_refused(&gw, &up, &sign(&json!({ "alg": "ES256" }), &claims("admin"), &other, Algorithm::ES256), SIGNATURE).await;
     // A kid nobody knows.
     let unknown = sign(&json!({ "alg": "ES256", "kid": "attacker" }), &claims("admin"), &other, Algorithm::ES256);
-    assert_refused(&gw, &up, &unknown, Some("the token's key is unknown")).await;
+    assert_refused(&gw, &up, &unknown, SIGNATURE).await;
     gw.stop().await;
 }
 
@@ -486,5 +486,36 @@ async fn error_answers_match_the_spec() {
     let body = json(r).await;
     assert_eq!(body["error"], "insufficient_scope");
     assert_eq!(up.hits(), 0);
+    gw.stop().await;
+}
+
+/// Regression: a verify-only deployment (`jwt.public_key`) verifies tokens
+/// minted by another issuer, whose `kid` is that issuer's own name for the
+/// key, not authgate's RFC 7638 thumbprint. The kid is only a hint: such
+/// tokens were refused as "key unknown" although the configured key
+/// verifies them.
+#[tokio::test]
+async fn verify_only_public_key_accepts_the_issuers_own_kid() {
+    use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The identity provider's key pair; authgate only gets the public half.
+    let (idp_key, idp_pem) = attacker_key(Algorithm::ES256, dir.path());
+    let der = rustls_pki_types::PrivateKeyDer::from_pem_slice_compat(&idp_pem);
+    let kp = EcdsaKeyPair::from_pkcs8(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &der).expect("pkcs8");
+    let spki: PublicKeyX509Der = kp.public_key().as_der().expect("der");
+    let public = dir.path().join("idp.pub.pem");
+    std::fs::write(&public, authgate::keys::pem_encode("PUBLIC KEY", spki.as_ref())).expect("write");
+    let extra = format!("[jwt]\nalgorithm = \"ES256\"\npublic_key = \"{}\"\nissuer = \"authgate\"\naudience = \"api\"\n", public.display());
+    let text = config_text(dir.path(), &extra, &routes(&up));
+    let gw = Gateway::start_in(dir, &text).await;
+    for kid in [json!("idp-2024-rotation-1"), json!("authgate")] {
+        let token = sign(&json!({ "alg": "ES256", "typ": "JWT", "kid": kid }), &claims("alice"), &idp_key, Algorithm::ES256);
+        assert_passes(&gw, &up, &token, "alice").await;
+    }
+    // The hint never widens what verifies: another key with that kid is refused.
+    let (other, _) = attacker_key(Algorithm::ES256, gw.dir.path());
+    let forged = sign(&json!({ "alg": "ES256", "kid": "idp-2024-rotation-1" }), &claims("mallory"), &other, Algorithm::ES256);
+    assert_refused(&gw, &up, &forged, SIGNATURE).await;
     gw.stop().await;
 }
