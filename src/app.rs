@@ -89,9 +89,6 @@ impl App {
         let route = self.routes.match_route(&path).ok_or(GatewayError::NotFound)?;
         self.identity.strip(req.headers_mut());
         let identity = self.authenticate(route, req.headers())?;
-        if let Some(id) = &identity {
-            self.identity.apply(req.headers_mut(), id).map_err(GatewayError::InvalidToken)?;
-        }
 
         let fwd = Forwarded { peer: self.client_ip(conn.peer, req.headers()), host: None };
         let host =
@@ -99,6 +96,11 @@ impl App {
         let fwd = Forwarded { host: host.as_ref(), ..fwd };
         let upgrade = proxy::wants_upgrade(&req).then(|| req.headers().get(header::UPGRADE).cloned()).flatten();
         proxy::rewrite_headers(req.headers_mut(), &fwd, upgrade, self.config.identity.forward_authorization);
+        // After the hop-by-hop removal, so that a client's `Connection:
+        // X-Auth-Subject` cannot delete the verified identity.
+        if let Some(id) = &identity {
+            self.identity.apply(req.headers_mut(), id).map_err(GatewayError::InvalidToken)?;
+        }
 
         let target = upstream_path(route, &path);
         match &route.upstream {

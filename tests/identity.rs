@@ -118,3 +118,25 @@ async fn authorization_is_removed_unless_forwarded() {
     assert_eq!(up.last().headers["authorization"], format!("Bearer {t}").as_str());
     gw.stop().await;
 }
+
+/// Regression: naming the identity headers in `Connection` (a hop-by-hop
+/// list) made the gateway delete the verified identity it had just added,
+/// so the upstream saw an authenticated request without its subject.
+#[tokio::test]
+async fn connection_header_cannot_remove_the_verified_identity() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start("", &three_routes(&up)).await;
+    let t = gw.token("alice", json!({ "roles": ["user"] }));
+    let req = format!(
+        "GET /req HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {t}\r\n\
+         Connection: keep-alive, X-Auth-Subject, x-auth-roles, X-Forwarded-For, X-Forwarded-Proto\r\nConnection: close\r\n\r\n"
+    );
+    let resp = raw_request(&gw, req.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    let seen = up.last();
+    assert_eq!(seen.headers.get("x-auth-subject").map(|v| v.as_bytes()), Some(&b"alice"[..]), "the subject was removed");
+    assert_eq!(seen.headers.get("x-auth-roles").map(|v| v.as_bytes()), Some(&b"user"[..]), "the roles were removed");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    gw.stop().await;
+}
