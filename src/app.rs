@@ -38,6 +38,12 @@ pub struct App {
     pub identity: IdentityRules,
     pub client: UpstreamClient,
     pub denylist: Arc<Denylist>,
+    /// Refresh tokens and revocations; the denylist is its in-memory copy.
+    pub store: Arc<dyn crate::store::Store>,
+    /// `{login.path}` and its revoke endpoint, when `[login]` is configured.
+    pub login: Option<crate::login::Login>,
+    /// How far the denylist has read the store's revocations.
+    pub revocation_cursor: std::sync::Mutex<crate::store::Cursor>,
     jwks: Bytes,
 }
 
@@ -53,9 +59,17 @@ impl App {
             verifier,
             signer,
             denylist,
+            store: Arc::new(crate::store::memory::MemoryStore::default()),
+            login: None,
+            revocation_cursor: Default::default(),
             jwks,
             config,
         }
+    }
+
+    /// Starts the background upkeep (denylist sync, pruning). Needs a runtime.
+    pub fn spawn_background(self: &Arc<Self>) {
+        tokio::spawn(crate::store::maintain(Arc::downgrade(self)));
     }
 
     /// The outer handler: runs the pipeline, turns an error into its answer.
@@ -84,6 +98,10 @@ impl App {
         }
         if path == VERIFY_PATH {
             return self.forward_auth(req.headers());
+        }
+        if let Some((login, endpoint)) = self.login.as_ref().and_then(|l| Some((l, l.endpoint(&path)?))) {
+            let client = self.client_ip(conn.peer, req.headers());
+            return crate::login::handle(self, login, endpoint, client, req).await;
         }
 
         let route = self.routes.match_route(&path).ok_or(GatewayError::NotFound)?;

@@ -448,7 +448,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     Validator { file, dir: &dir }.config(raw)
 }
 
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     // toml errors span several lines with a source excerpt; keep the message.
     let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let msg = lines.last().copied().unwrap_or("invalid TOML");

@@ -274,6 +274,18 @@ impl Signer {
 
     /// Signs `sub` plus `extra` claims (which cannot override the registered ones).
     pub fn sign(&self, sub: &str, extra: &Map<String, Value>, ttl: std::time::Duration) -> Result<Minted, jsonwebtoken::errors::Error> {
+        self.sign_issued_at(sub, extra, ttl, 0)
+    }
+
+    /// Like `sign`, with `iat` at least `min_iat`: a token minted in the
+    /// second of a subject's revoke-all cut-off must not fall before it.
+    pub fn sign_issued_at(
+        &self,
+        sub: &str,
+        extra: &Map<String, Value>,
+        ttl: std::time::Duration,
+        min_iat: u64,
+    ) -> Result<Minted, jsonwebtoken::errors::Error> {
         let now = now_secs();
         let exp = now + ttl.as_secs();
         let jti = random_id(16);
@@ -282,7 +294,7 @@ impl Signer {
             ("sub", Value::from(sub)),
             ("iss", Value::from(self.issuer.as_str())),
             ("aud", Value::from(self.audience.as_str())),
-            ("iat", Value::from(now)),
+            ("iat", Value::from(now.max(min_iat))),
             ("nbf", Value::from(now)),
             ("exp", Value::from(exp)),
             ("jti", Value::from(jti.as_str())),

@@ -18,20 +18,50 @@ pub mod error;
 pub mod identity;
 pub mod jwt;
 pub mod keys;
+pub mod login;
 pub mod proxy;
+pub mod rate_limit;
 pub mod revocation;
 pub mod routes;
 pub mod server;
+pub mod store;
 pub mod tls;
+pub mod users;
 
 use std::sync::Arc;
 
 /// Builds the shared state from a validated config: keys (generated in dev
-/// when asked), route table, upstream client, denylist.
+/// when asked), route table, upstream client, the store and the denylist
+/// loaded from it, the users file and login.
 pub fn build_app(config: config::Config) -> anyhow::Result<app::App> {
     let keys = keys::load(&config)?;
+    let store = store::open(&config)?;
+    let login = match &config.login {
+        Some(l) => {
+            let users = users::load(&l.users_file)?;
+            // A changed password, a disabled or a removed user ends their sessions.
+            for sub in store::sync_users(store.as_ref(), &users, jwt::now_secs() + 1)? {
+                tracing::warn!(%sub, "user changed, disabled or removed in the users file: their tokens are revoked");
+            }
+            if users.get(users::DEMO_USERNAME).is_some_and(|u| !u.disabled) && !config.server.listen.ip().is_loopback() {
+                tracing::warn!(
+                    user = users::DEMO_USERNAME,
+                    listen = %config.server.listen,
+                    "THE DEMO USER IS ENABLED ON A NON-LOOPBACK LISTENER: anyone who reads the README can log in. Remove it from {}",
+                    l.users_file.display()
+                );
+            }
+            Some(login::Login::new(l.clone(), users))
+        }
+        None => None,
+    };
     let denylist = Arc::new(revocation::Denylist::default());
-    Ok(app::App::new(config, keys, denylist))
+    let cursor = store::load_into(store.as_ref(), &denylist, store::Cursor::default())?;
+    let mut app = app::App::new(config, keys, denylist);
+    app.store = store;
+    app.login = login;
+    app.revocation_cursor = std::sync::Mutex::new(cursor);
+    Ok(app)
 }
 
 /// One startup line per listener and route.
@@ -45,8 +75,6 @@ pub fn banner(app: &app::App, addr: std::net::SocketAddr) {
         tracing::info!(path = %r.path, %upstream, auth = ?r.auth, roles = ?r.roles, "route");
     }
 }
-
-pub mod users;
 
 /// What `authgate check` prints: listeners, keys, routes and the identity
 /// headers each upstream receives.
@@ -95,7 +123,21 @@ pub fn summary(app: &app::App) -> String {
     s
 }
 
-/// `authgate revoke --sub S`: needs the store (login).
-pub fn revoke_subject_cli(_config: &config::Config, _sub: &str) -> anyhow::Result<()> {
-    anyhow::bail!("revocation needs the token store, which this build does not have yet")
+/// `authgate revoke --sub S`: writes a cut-off for S to the store, which a
+/// running gateway reads within `store::SYNC_EVERY`; S's refresh families end.
+pub fn revoke_subject_cli(config: &config::Config, sub: &str) -> anyhow::Result<()> {
+    if config.store.kind == config::StoreKind::Memory {
+        return Err(config::ConfigError {
+            file: config.file.clone(),
+            key: "store.kind".into(),
+            message: "\"memory\" lives inside the running gateway, out of reach of this command; use store.kind = \"embedded\"".into(),
+        }
+        .into());
+    }
+    let store = store::open(config)?;
+    // +1: tokens issued earlier in this same second (iat has second resolution) are refused too.
+    let cutoff = jwt::now_secs() + 1;
+    store.revoke_subject(sub, cutoff)?;
+    println!("revoked every token issued to {sub:?} before now; a running gateway refuses them within {}s", store::SYNC_EVERY.as_secs());
+    Ok(())
 }

@@ -40,6 +40,7 @@ impl Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let tls = crate::tls::server_config(&config)?;
     let app = Arc::new(crate::build_app(config)?);
+    app.spawn_background();
     let listener = TcpListener::bind(app.config.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", app.config.server.listen))?;
@@ -194,6 +195,7 @@ pub async fn shutdown_signal() {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let tls = crate::tls::server_config(&config)?;
     let app = Arc::new(crate::build_app(config)?);
+    app.spawn_background();
     let listen = app.config.server.listen;
     let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     crate::banner(&app, listener.local_addr()?);

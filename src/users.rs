@@ -1,4 +1,234 @@
-//! The users file (users.toml or htpasswd) and password hashing.
+//! The users file (users.toml or an Apache htpasswd file) and password
+//! hashing and verification.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::config::ConfigError;
+
+/// The demo user of the shipped users.toml: never on a public listener.
+pub const DEMO_USERNAME: &str = "alice@example.com";
+
+/// Claims authgate sets itself; a users file cannot set them.
+const RESERVED_CLAIMS: [&str; 8] = ["sub", "iss", "aud", "iat", "nbf", "exp", "jti", "roles"];
+
+pub struct User {
+    pub username: String,
+    pub password_hash: PasswordHash,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+    pub claims: Map<String, Value>,
+}
+
+impl User {
+    /// What the store remembers of a user to notice a password change or a
+    /// disabling between two loads: a digest, never the hash itself.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(self.password_hash.as_str().as_bytes());
+        ctx.update(if self.disabled { b"\0disabled" } else { b"\0enabled" });
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+}
+
+/// A validated PHC string: argon2id or bcrypt.
+#[derive(Clone)]
+pub enum PasswordHash {
+    Argon2id(String),
+    Bcrypt(String),
+}
+
+impl PasswordHash {
+    pub fn parse(s: &str) -> Result<PasswordHash, &'static str> {
+        const BAD: &str = "not an argon2id or bcrypt PHC string (make one with `authgate hash-password`)";
+        if s.starts_with("$argon2") {
+            let h = argon2::PasswordHash::new(s).map_err(|_| BAD)?;
+            if h.algorithm.as_str() != "argon2id" {
+                return Err("argon2i and argon2d are not accepted; use argon2id (`authgate hash-password`)");
+            }
+            argon2::Params::try_from(&h).map_err(|_| BAD)?;
+            return Ok(PasswordHash::Argon2id(s.to_string()));
+        }
+        if ["$2a$", "$2b$", "$2y$"].iter().any(|p| s.starts_with(p)) && s.len() == 60 {
+            s.parse::<bcrypt::HashParts>().map_err(|_| BAD)?;
+            return Ok(PasswordHash::Bcrypt(s.to_string()));
+        }
+        Err(BAD)
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            PasswordHash::Argon2id(s) | PasswordHash::Bcrypt(s) => s,
+        }
+    }
+
+    /// Slow by design: call it on the blocking pool. Both libraries compare
+    /// the derived hash in constant time.
+    pub fn verify(&self, password: &str) -> bool {
+        match self {
+            PasswordHash::Argon2id(s) => {
+                use argon2::password_hash::PasswordVerifier;
+                argon2::PasswordHash::new(s).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            }
+            PasswordHash::Bcrypt(s) => bcrypt::verify(password, s).unwrap_or(false),
+        }
+    }
+
+    /// A hash of a random password with the same algorithm and cost, so that
+    /// an unknown username costs as much time as a wrong password.
+    fn dummy_like(&self) -> anyhow::Result<PasswordHash> {
+        let password = crate::jwt::random_id(24);
+        match self {
+            PasswordHash::Argon2id(s) => {
+                use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+                let parsed = argon2::PasswordHash::new(s).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let params = argon2::Params::try_from(&parsed).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+                let salt = SaltString::generate(&mut OsRng);
+                let h = a.hash_password(password.as_bytes(), &salt).map_err(|e| anyhow::anyhow!("{e}"))?;
+                Ok(PasswordHash::Argon2id(h.to_string()))
+            }
+            PasswordHash::Bcrypt(s) => {
+                let cost = s.parse::<bcrypt::HashParts>().map(|p| p.get_cost()).unwrap_or(bcrypt::DEFAULT_COST);
+                Ok(PasswordHash::Bcrypt(bcrypt::hash(password, cost)?))
+            }
+        }
+    }
+}
+
+/// The loaded users, by username, and the dummy hash for unknown ones.
+pub struct Users {
+    by_name: HashMap<String, User>,
+    dummy: PasswordHash,
+}
+
+impl Users {
+    pub fn get(&self, username: &str) -> Option<&User> {
+        self.by_name.get(username)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &User> {
+        self.by_name.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The hash to check a password against: the user's, or the dummy.
+    pub fn hash_for(&self, username: &str) -> PasswordHash {
+        self.get(username).map_or_else(|| self.dummy.clone(), |u| u.password_hash.clone())
+    }
+
+    pub fn from_list(list: Vec<User>) -> anyhow::Result<Users> {
+        let dummy = match list.first() {
+            Some(u) => u.password_hash.dummy_like()?,
+            None => PasswordHash::Argon2id(hash_password(&crate::jwt::random_id(24))?),
+        };
+        Ok(Users { by_name: list.into_iter().map(|u| (u.username.clone(), u)).collect(), dummy })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    username: String,
+    password_hash: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    disabled: bool,
+    #[serde(default)]
+    claims: toml::Table,
+}
+
+fn err(file: &Path, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { file: file.to_path_buf(), key: key.into(), message: message.into() }
+}
+
+/// Loads users.toml, or an htpasswd file (`name:hash` lines), by content.
+pub fn load(file: &Path) -> anyhow::Result<Users> {
+    let text = std::fs::read_to_string(file).map_err(|e| err(file, "", format!("cannot read the users file: {e}")))?;
+    let list = if looks_like_htpasswd(&text) { parse_htpasswd(file, &text)? } else { parse_toml(file, &text)? };
+    Users::from_list(list)
+}
+
+fn looks_like_htpasswd(text: &str) -> bool {
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#'));
+    first.is_some_and(|l| !l.starts_with('[') && !l.contains('=') && l.contains(':'))
+}
+
+fn parse_htpasswd(file: &Path, text: &str) -> Result<Vec<User>, ConfigError> {
+    let mut users: Vec<User> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = format!("line {}", i + 1);
+        let (name, hash) = line.split_once(':').ok_or_else(|| err(file, &key, "expected `username:hash`"))?;
+        if name.is_empty() {
+            return Err(err(file, &key, "the username is empty"));
+        }
+        let password_hash = PasswordHash::parse(hash)
+            .map_err(|_| err(file, &key, "only bcrypt hashes are supported in an htpasswd file; create them with `htpasswd -B`"))?;
+        if users.iter().any(|u| u.username == name) {
+            return Err(err(file, &key, format!("user {name:?} is listed twice")));
+        }
+        users.push(User { username: name.into(), password_hash, roles: Vec::new(), disabled: false, claims: Map::new() });
+    }
+    Ok(users)
+}
+
+fn parse_toml(file: &Path, text: &str) -> Result<Vec<User>, ConfigError> {
+    let one_line = crate::config::one_line;
+    let de = toml::Deserializer::parse(text).map_err(|e| err(file, "", one_line(&e.to_string())))?;
+    let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        err(file, if path == "." { String::new() } else { path }, one_line(&e.into_inner().to_string()))
+    })?;
+    let mut users: Vec<User> = Vec::with_capacity(raw.users.len());
+    for (i, u) in raw.users.into_iter().enumerate() {
+        let key = |k: &str| format!("users[{i}].{k}");
+        if u.username.trim().is_empty() || u.username != u.username.trim() {
+            return Err(err(file, key("username"), "must be non-empty, without leading or trailing spaces"));
+        }
+        if let Some(j) = users.iter().position(|p| p.username == u.username) {
+            return Err(err(file, key("username"), format!("{:?} is already users[{j}]", u.username)));
+        }
+        let password_hash = PasswordHash::parse(&u.password_hash).map_err(|m| err(file, key("password_hash"), m))?;
+        let mut claims = Map::new();
+        for (name, value) in u.claims {
+            if RESERVED_CLAIMS.contains(&name.as_str()) {
+                return Err(err(
+                    file,
+                    key(&format!("claims.{name}")),
+                    "authgate sets this claim itself; it cannot come from the users file",
+                ));
+            }
+            let value = serde_json::to_value(&value).map_err(|e| err(file, key(&format!("claims.{name}")), e.to_string()))?;
+            claims.insert(name, value);
+        }
+        users.push(User { username: u.username, password_hash, roles: u.roles, disabled: u.disabled, claims });
+    }
+    Ok(users)
+}
 
 /// An argon2id PHC string for `password` (OWASP parameters: 19 MiB, t=2, p=1).
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
@@ -8,4 +238,22 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_bad_ones_are_refused() {
+        let a = PasswordHash::parse(&hash_password("pw").expect("hash")).expect("argon2id");
+        assert!(a.verify("pw") && !a.verify("px"));
+        let b = bcrypt::hash("pw", 4).expect("bcrypt").replacen("$2b$", "$2y$", 1);
+        let b = PasswordHash::parse(&b).expect("bcrypt");
+        assert!(b.verify("pw") && !b.verify("px"));
+        assert!(PasswordHash::parse("$apr1$abc$def").is_err());
+        assert!(PasswordHash::parse("plaintext").is_err());
+        assert!(looks_like_htpasswd("# c\nbob:$2y$05$abc\n"));
+        assert!(!looks_like_htpasswd("[[users]]\nusername = \"a:b\"\n"));
+    }
 }

@@ -325,6 +325,15 @@ pub struct Spawned {
     child: std::process::Child,
 }
 
+impl Spawned {
+    /// SIGKILL, no graceful shutdown (a crash); returns the folder, kept for a restart.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.gw.dir, tempfile::tempdir().expect("tempdir"))
+    }
+}
+
 impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();

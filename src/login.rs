@@ -1,0 +1,230 @@
+//! The login endpoints: `POST {login.path}` (OAuth 2 password and
+//! refresh_token grants, RFC 6749) and `POST {login.path}/revoke` (RFC 7009).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::app::App;
+use crate::body::{self, Body};
+use crate::config::LoginConfig;
+use crate::error::GatewayError;
+use crate::jwt::{now_secs, random_id};
+use crate::rate_limit::LoginLimits;
+use crate::store::{self, Rotation, hash_token};
+use crate::users::{User, Users};
+
+/// Form bodies larger than this are refused (413) before parsing.
+pub const MAX_FORM_BYTES: usize = 16 * 1024;
+const FORM: &str = "application/x-www-form-urlencoded";
+
+const BAD_CREDENTIALS: GatewayError = oauth("invalid_grant", "invalid username or password");
+const BAD_REFRESH: GatewayError = oauth("invalid_grant", "the refresh token is invalid, expired or revoked");
+
+const fn oauth(error: &'static str, description: &'static str) -> GatewayError {
+    GatewayError::OAuth { error, description }
+}
+
+/// Login state: the users, the rate limits and the password-hashing queue.
+pub struct Login {
+    pub config: LoginConfig,
+    pub users: Users,
+    pub limits: LoginLimits,
+    /// Password checks running or waiting on the blocking pool. When none
+    /// is free a login is answered 503 at once instead of queueing without
+    /// bound (each argon2 check holds ~19 MiB and a core for tens of ms).
+    pub hash_slots: Arc<Semaphore>,
+    revoke_path: String,
+}
+
+/// Which of our endpoints a path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    Revoke,
+}
+
+impl Login {
+    pub fn new(config: LoginConfig, users: Users) -> Login {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Login {
+            limits: LoginLimits::new(&config),
+            hash_slots: Arc::new(Semaphore::new(cores * 2 + 2)),
+            revoke_path: format!("{}/revoke", config.path),
+            config,
+            users,
+        }
+    }
+
+    pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
+        if path == self.config.path {
+            Some(Endpoint::Token)
+        } else if path == self.revoke_path {
+            Some(Endpoint::Revoke)
+        } else {
+            None
+        }
+    }
+}
+
+/// Answers `{login.path}` and `{login.path}/revoke`.
+pub async fn handle(
+    app: &App,
+    login: &Login,
+    endpoint: Endpoint,
+    client: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, GatewayError> {
+    if req.method() != Method::POST {
+        return Err(GatewayError::MethodNotAllowed("use POST"));
+    }
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(FORM) {
+        return Err(oauth("invalid_request", "the body must be application/x-www-form-urlencoded"));
+    }
+    let body = crate::proxy::read_body_limited(req.into_body(), MAX_FORM_BYTES).await?;
+    let form = parse_form(&body)?;
+    match endpoint {
+        Endpoint::Token => match form.get("grant_type").map(String::as_str).unwrap_or("password") {
+            "password" => password_grant(app, login, client, &form).await,
+            "refresh_token" => refresh_grant(app, login, &form).await,
+            _ => Err(oauth("unsupported_grant_type", "grant_type must be password or refresh_token")),
+        },
+        Endpoint::Revoke => revoke(app, &form).await,
+    }
+}
+
+/// RFC 6749 §3.2: parameters without a value count as absent, and none may repeat.
+fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, GatewayError> {
+    let mut form = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(body) {
+        if v.is_empty() {
+            continue;
+        }
+        if form.insert(k.into_owned(), v.into_owned()).is_some() {
+            return Err(oauth("invalid_request", "a parameter is repeated"));
+        }
+    }
+    Ok(form)
+}
+
+fn required<'a>(form: &'a HashMap<String, String>, name: &str, missing: &'static str) -> Result<&'a str, GatewayError> {
+    form.get(name).map(String::as_str).ok_or(oauth("invalid_request", missing))
+}
+
+async fn password_grant(app: &App, login: &Login, client: IpAddr, form: &HashMap<String, String>) -> Result<Response<Body>, GatewayError> {
+    let username = required(form, "username", "the username parameter is missing")?;
+    let password = required(form, "password", "the password parameter is missing")?.to_string();
+    login.limits.check(client, username).map_err(|retry_after_secs| GatewayError::RateLimited { retry_after_secs })?;
+    let permit =
+        login.hash_slots.clone().try_acquire_owned().map_err(|_| GatewayError::Unavailable("every password check slot is busy".into()))?;
+    // Unknown users are checked against a dummy hash: same answer, same time.
+    let hash = login.users.hash_for(username);
+    let matches = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        hash.verify(&password)
+    })
+    .await
+    .map_err(|e| GatewayError::Unavailable(format!("password check failed: {e}")))?;
+    let user = login.users.get(username).filter(|u| matches && !u.disabled);
+    let Some(user) = user else {
+        tracing::info!(%client, "login refused");
+        return Err(BAD_CREDENTIALS);
+    };
+    let refresh = random_id(32);
+    let (family, token_hash, now) = (random_id(16), hash_token(&refresh), now_secs());
+    let expires = now.saturating_add(login.config.refresh_ttl.as_secs());
+    let sub = user.username.clone();
+    store::blocking(&app.store, move |s| s.create_family(&family, &sub, &token_hash, now, expires)).await.map_err(unavailable)?;
+    let access = mint(app, user).await?;
+    tracing::info!(%client, sub = %user.username, "login");
+    Ok(token_response(app, access, &refresh))
+}
+
+async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>) -> Result<Response<Body>, GatewayError> {
+    let presented = required(form, "refresh_token", "the refresh_token parameter is missing")?;
+    let old = hash_token(presented);
+    let refresh = random_id(32);
+    let new = hash_token(&refresh);
+    let now = now_secs();
+    let rotation = store::blocking(&app.store, move |s| s.rotate_refresh(&old, &new, now)).await.map_err(unavailable)?;
+    match rotation {
+        Rotation::Rotated { sub, family } => {
+            let Some(user) = login.users.get(&sub).filter(|u| !u.disabled) else {
+                store::blocking(&app.store, move |s| s.revoke_family(&family)).await.map_err(unavailable)?;
+                return Err(BAD_REFRESH);
+            };
+            let access = mint(app, user).await?;
+            Ok(token_response(app, access, &refresh))
+        }
+        Rotation::Reused { sub } => {
+            tracing::warn!(%sub, "a used refresh token was presented again; its whole family is revoked");
+            Err(BAD_REFRESH)
+        }
+        Rotation::Invalid => Err(BAD_REFRESH),
+    }
+}
+
+/// RFC 7009: 200 for any well-formed request, known token or not.
+async fn revoke(app: &App, form: &HashMap<String, String>) -> Result<Response<Body>, GatewayError> {
+    let token = required(form, "token", "the token parameter is missing")?;
+    // Our refresh tokens are base64url (no dots); access tokens are JWTs.
+    if token.contains('.') {
+        if let Ok(id) = app.verifier.verify(token, now_secs())
+            && let Some(jti) = id.jti()
+        {
+            // Refused for as long as the verifier would accept it.
+            let until = id.exp().saturating_add(app.config.jwt.leeway.as_secs());
+            let owned = jti.to_string();
+            store::blocking(&app.store, move |s| s.revoke_jti(&owned, until)).await.map_err(unavailable)?;
+            app.denylist.revoke_jti(jti, until);
+            tracing::info!(sub = %id.sub(), "access token revoked");
+        }
+    } else {
+        let hash = hash_token(token);
+        if store::blocking(&app.store, move |s| s.revoke_refresh(&hash)).await.map_err(unavailable)? {
+            tracing::info!("refresh token family revoked");
+        }
+    }
+    let mut resp = Response::new(body::empty());
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// An access token for `user`: roles, the users-file claims, and an `iat`
+/// not before the subject's revoke-all cut-off (so logging in again right
+/// after `authgate revoke` works).
+async fn mint(app: &App, user: &User) -> Result<crate::jwt::Minted, GatewayError> {
+    let signer = app.signer.as_ref().ok_or_else(|| GatewayError::Unavailable("no signing key (jwt.public_key only)".into()))?;
+    let sub = user.username.clone();
+    let stored = store::blocking(&app.store, move |s| s.subject_cutoff(&sub)).await.map_err(unavailable)?;
+    let cutoff = stored.unwrap_or(0).max(app.denylist.subject_cutoff(&user.username).unwrap_or(0));
+    let mut claims = user.claims.clone();
+    claims.insert("roles".into(), Value::from(user.roles.clone()));
+    signer
+        .sign_issued_at(&user.username, &claims, app.config.jwt.access_ttl, cutoff)
+        .map_err(|e| GatewayError::Unavailable(format!("cannot sign the token: {e}")))
+}
+
+fn token_response(app: &App, access: crate::jwt::Minted, refresh: &str) -> Response<Body> {
+    let json = json!({
+        "access_token": access.token,
+        "token_type": "bearer",
+        "expires_in": app.config.jwt.access_ttl.as_secs(),
+        "refresh_token": refresh,
+    });
+    let mut resp = crate::app::json_response(StatusCode::OK, Bytes::from(json.to_string()));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+fn unavailable(e: store::StoreError) -> GatewayError {
+    GatewayError::Unavailable(e.to_string())
+}

@@ -1,0 +1,203 @@
+//! The token store: refresh-token families, revoked `jti`s, per-subject
+//! cut-offs and what authgate remembers of each user, behind one trait.
+//!
+//! The trait is synchronous on purpose: the embedded engine (SQLite) is a
+//! blocking library, `authgate check` and `authgate revoke` run without an
+//! async runtime, and request handlers call it through [`blocking`], which
+//! moves the call to tokio's blocking pool. A networked store (Redis) fits
+//! the same shape with a pooled synchronous connection.
+
+pub mod embedded;
+pub mod memory;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError, StoreKind};
+
+/// SHA-256 of a refresh token: the only form in which one is stored.
+pub type TokenHash = [u8; 32];
+
+pub fn hash_token(token: &str) -> TokenHash {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("token store: {0}")]
+pub struct StoreError(pub String);
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The outcome of presenting a refresh token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// It was live: it is now used, and `new` is the family's live token.
+    Rotated { sub: String, family: String },
+    /// It had been used already: the whole family is now revoked.
+    Reused { sub: String },
+    /// Unknown, expired, or its family was revoked.
+    Invalid,
+}
+
+/// Where a reader of the revocation log stopped (opaque sequence numbers).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub jtis: i64,
+    pub cutoffs: i64,
+}
+
+/// Revocations recorded after a cursor.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    /// (jti, refuse until unix seconds)
+    pub jtis: Vec<(String, u64)>,
+    /// (sub, cut-off unix seconds)
+    pub cutoffs: Vec<(String, u64)>,
+    pub cursor: Cursor,
+}
+
+pub trait Store: Send + Sync {
+    /// Starts a refresh family for `sub` with its first token.
+    fn create_family(&self, family: &str, sub: &str, token: &TokenHash, now: u64, expires: u64) -> Result<()>;
+    /// Uses `old` once, atomically: a live token is marked used and `new`
+    /// joins its family; a used one revokes the family (reuse detection).
+    fn rotate_refresh(&self, old: &TokenHash, new: &TokenHash, now: u64) -> Result<Rotation>;
+    /// Revokes the family `token` belongs to; false when it is unknown.
+    fn revoke_refresh(&self, token: &TokenHash) -> Result<bool>;
+    fn revoke_family(&self, family: &str) -> Result<()>;
+    /// Refuses the access token `jti` until `until` (unix seconds).
+    fn revoke_jti(&self, jti: &str, until: u64) -> Result<()>;
+    /// Refuses every token of `sub` issued before `cutoff`; ends every
+    /// refresh family of `sub`.
+    fn revoke_subject(&self, sub: &str, cutoff: u64) -> Result<()>;
+    fn subject_cutoff(&self, sub: &str) -> Result<Option<u64>>;
+    /// Revocations recorded after `cursor` (all of them from the default).
+    fn revocations_since(&self, cursor: Cursor) -> Result<Revocations>;
+    /// username -> fingerprint of the users file entry, as last loaded.
+    fn user_fingerprints(&self) -> Result<Vec<(String, TokenHash)>>;
+    /// Records (Some) or forgets (None) a user's fingerprint.
+    fn set_user_fingerprint(&self, username: &str, fingerprint: Option<&TokenHash>) -> Result<()>;
+    /// Removes expired revocations and refresh families; returns how many.
+    fn prune(&self, now: u64) -> Result<u64>;
+}
+
+/// Opens the configured store (creating the embedded file and its folder).
+pub fn open(config: &Config) -> std::result::Result<Arc<dyn Store>, ConfigError> {
+    let s = &config.store;
+    let err = |key: &str, message: String| ConfigError { file: config.file.clone(), key: key.into(), message };
+    match s.kind {
+        StoreKind::Memory => Ok(Arc::new(memory::MemoryStore::default())),
+        StoreKind::Embedded => embedded::SqliteStore::open(&s.path)
+            .map(|st| Arc::new(st) as Arc<dyn Store>)
+            .map_err(|e| err("store.path", format!("{}: {}", s.path.display(), e.0))),
+        StoreKind::Redis => {
+            Err(err("store.kind", "store.kind = \"redis\" is not supported by this build yet; use \"embedded\" or \"memory\"".into()))
+        }
+    }
+}
+
+/// Runs a store call on the blocking pool.
+pub async fn blocking<T, F>(store: &Arc<dyn Store>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> Result<T> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref())).await.map_err(|e| StoreError(format!("store task failed: {e}")))?
+}
+
+/// Compares the users file with what the store remembers of it: a user whose
+/// password hash changed, who was disabled, or who was removed gets a
+/// cut-off at `cutoff` (their tokens and refresh families end). Returns them.
+pub fn sync_users(store: &dyn Store, users: &crate::users::Users, cutoff: u64) -> Result<Vec<String>> {
+    let known: HashMap<String, TokenHash> = store.user_fingerprints()?.into_iter().collect();
+    let mut revoked = Vec::new();
+    let mut present = HashSet::new();
+    for u in users.iter() {
+        present.insert(u.username.as_str());
+        let fp = u.fingerprint();
+        let before = known.get(&u.username);
+        if before == Some(&fp) {
+            continue;
+        }
+        if before.is_some() || u.disabled {
+            store.revoke_subject(&u.username, cutoff)?;
+            revoked.push(u.username.clone());
+        }
+        store.set_user_fingerprint(&u.username, Some(&fp))?;
+    }
+    for name in known.keys() {
+        if !present.contains(name.as_str()) {
+            store.revoke_subject(name, cutoff)?;
+            store.set_user_fingerprint(name, None)?;
+            revoked.push(name.clone());
+        }
+    }
+    Ok(revoked)
+}
+
+/// How often a gateway reads revocations other processes wrote (`authgate
+/// revoke`, another replica): the longest a CLI revocation waits to apply.
+pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often expired revocations, families and rate-limit keys are dropped.
+pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Copies the revocations recorded after `cursor` into the denylist.
+pub fn load_into(store: &dyn Store, denylist: &crate::revocation::Denylist, cursor: Cursor) -> Result<Cursor> {
+    let r = store.revocations_since(cursor)?;
+    for (jti, until) in &r.jtis {
+        denylist.revoke_jti(jti, *until);
+    }
+    for (sub, cutoff) in &r.cutoffs {
+        denylist.revoke_subject(sub, *cutoff);
+    }
+    Ok(r.cursor)
+}
+
+/// The gateway's background upkeep: keeps the in-memory denylist current
+/// with the store and prunes what has expired. Ends when the app is dropped.
+pub async fn maintain(app: std::sync::Weak<crate::app::App>) {
+    let mut tick = tokio::time::interval(SYNC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        let cursor = *app.revocation_cursor.lock().unwrap_or_else(|p| p.into_inner());
+        let store = app.store.clone();
+        let prune = last_prune.elapsed() >= PRUNE_EVERY;
+        let work = tokio::task::spawn_blocking(move || {
+            let mut pruned = 0;
+            if prune {
+                pruned = store.prune(crate::jwt::now_secs())?;
+            }
+            Ok::<_, StoreError>((store.revocations_since(cursor)?, pruned))
+        });
+        match work.await {
+            Ok(Ok((revocations, pruned))) => {
+                for (jti, until) in &revocations.jtis {
+                    app.denylist.revoke_jti(jti, *until);
+                }
+                for (sub, cutoff) in &revocations.cutoffs {
+                    app.denylist.revoke_subject(sub, *cutoff);
+                }
+                *app.revocation_cursor.lock().unwrap_or_else(|p| p.into_inner()) = revocations.cursor;
+                if pruned > 0 {
+                    tracing::debug!(pruned, "expired store entries removed");
+                }
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot read revocations from the store"),
+            Err(error) => tracing::warn!(%error, "store upkeep task failed"),
+        }
+        if prune {
+            last_prune = tokio::time::Instant::now();
+            app.denylist.prune(crate::jwt::now_secs());
+            if let Some(login) = &app.login {
+                login.limits.prune();
+            }
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! Login end to end over TLS: /token (password and refresh grants),
+//! /token/revoke, `authgate revoke`, the users file, the durable store and
+//! the login rate limits.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use serde_json::{Value, json};
+
+const ROUTES: &str = "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n";
+const GENEROUS: &str = "rate_limit = \"1000/minute\"\nrate_limit_per_username = \"1000/hour\"\n";
+
+/// A cheap argon2id hash (tests only; the shipped hashes use the defaults).
+fn quick_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let params = argon2::Params::new(1024, 1, 1, None).expect("params");
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    a.hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng)).expect("hash").to_string()
+}
+
+fn user(name: &str, hash: &str, extra: &str) -> String {
+    format!("[[users]]\nusername = \"{name}\"\npassword_hash = \"{hash}\"\n{extra}\n")
+}
+
+fn alice_and_bob() -> String {
+    user("alice", &quick_hash("pw-alice"), "roles = [\"user\", \"admin\"]\nclaims = { email = \"alice@example.com\", name = \"Alice\" }")
+        + &user("bob", &quick_hash("pw-bob"), "roles = [\"user\"]")
+        + &user("dora", &quick_hash("pw-dora"), "disabled = true")
+}
+
+/// Config text for `dir` with `[login]` (its body `login`) and `[store]` (its body `store`).
+fn login_config(dir: &std::path::Path, login: &str, store: &str) -> String {
+    config_text(dir, &format!("[login]\nusers_file = \"users.toml\"\n{login}\n[store]\n{store}\n"), ROUTES)
+}
+
+async fn start(users: &str, login: &str, store: &str) -> Gateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("users.toml"), users).expect("users");
+    let text = login_config(dir.path(), login, store);
+    Gateway::start_in(dir, &text).await
+}
+
+async fn post(gw: &Gateway, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    gw.client.post(gw.url(path)).form(form).send().await.expect("send")
+}
+
+async fn password_login(gw: &Gateway, username: &str, password: &str) -> reqwest::Response {
+    post(gw, "/token", &[("grant_type", "password"), ("username", username), ("password", password)]).await
+}
+
+/// Logs in and returns (access_token, refresh_token).
+async fn tokens(gw: &Gateway, username: &str, password: &str) -> (String, String) {
+    let r = password_login(gw, username, password).await;
+    assert_eq!(r.status(), 200, "login of {username}");
+    let body = json(r).await;
+    (body["access_token"].as_str().expect("access").into(), body["refresh_token"].as_str().expect("refresh").into())
+}
+
+async fn refresh(gw: &Gateway, token: &str) -> reqwest::Response {
+    post(gw, "/token", &[("grant_type", "refresh_token"), ("refresh_token", token)]).await
+}
+
+async fn call(gw: &Gateway, access: &str) -> u16 {
+    gw.client.get(gw.url("/api")).bearer_auth(access).send().await.expect("send").status().as_u16()
+}
+
+fn decode(part: &str) -> Value {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).expect("base64url");
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+async fn assert_oauth_error(r: reqwest::Response, status: u16, error: &str) -> Value {
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body = json(r).await;
+    assert_eq!(body["error"], error, "{body}");
+    body
+}
+
+/// Polls `f` until it returns true, failing after `limit`.
+async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut f: F) {
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn password_grant_issues_tokens_that_pass_the_proxy() {
+    let gw = start(&alice_and_bob(), GENEROUS, "kind = \"memory\"").await;
+    let r = password_login(&gw, "alice", "pw-alice").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert!(r.headers()["content-type"].to_str().expect("ct").starts_with("application/json"));
+    let body = json(r).await;
+    assert_eq!(body["token_type"], "bearer");
+    assert!(body["expires_in"].as_u64().is_some_and(|s| s > 0));
+    // >= 256 bits of randomness, base64url: at least 43 characters.
+    assert!(body["refresh_token"].as_str().expect("refresh").len() >= 43);
+    let access = body["access_token"].as_str().expect("access");
+    let parts: Vec<&str> = access.split('.').collect();
+    let (header, claims) = (decode(parts[0]), decode(parts[1]));
+    assert!(header["kid"].as_str().is_some_and(|k| !k.is_empty()), "{header}");
+    for c in ["sub", "iss", "aud", "iat", "nbf", "exp", "jti"] {
+        assert!(claims.get(c).is_some(), "{c} missing from {claims}");
+    }
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["roles"], json!(["user", "admin"]));
+    assert_eq!(claims["email"], "alice@example.com");
+    assert_eq!(claims["name"], "Alice");
+
+    let r = gw.client.get(gw.url("/api")).bearer_auth(access).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    let echo = json(r).await;
+    assert_eq!(echo["headers"]["x-auth-subject"], "alice");
+    assert_eq!(echo["headers"]["x-auth-roles"], "user,admin");
+
+    // FastAPI's OAuth2PasswordRequestForm clients send no grant_type at all.
+    let r = post(&gw, "/token", &[("username", "bob"), ("password", "pw-bob")]).await;
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_user_and_wrong_password_are_indistinguishable() {
+    // Default argon2 parameters, so that a skipped hash would show in the timing.
+    let users = user("alice", &authgate::users::hash_password("right").expect("hash"), "");
+    let gw = start(&users, GENEROUS, "kind = \"memory\"").await;
+    let mut wrong = Vec::new();
+    let mut unknown = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let a = password_login(&gw, "alice", "wrong").await;
+        wrong.push(t.elapsed());
+        let t = Instant::now();
+        let b = password_login(&gw, "nobody", "wrong").await;
+        unknown.push(t.elapsed());
+        assert_eq!((a.status().as_u16(), b.status().as_u16()), (400, 400));
+        let (a, b) = (a.text().await.expect("body"), b.text().await.expect("body"));
+        assert_eq!(a, b);
+        assert_eq!(
+            serde_json::from_str::<Value>(&a).expect("json"),
+            json!({"error": "invalid_grant", "error_description": "invalid username or password"})
+        );
+    }
+    wrong.sort();
+    unknown.sort();
+    let (w, u) = (wrong[2], unknown[2]);
+    assert!(u * 3 > w && w * 3 > u, "median times differ too much: wrong password {w:?}, unknown user {u:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn token_endpoint_errors_follow_rfc6749() {
+    let gw = start(&alice_and_bob(), GENEROUS, "kind = \"memory\"").await;
+    let r = post(&gw, "/token", &[("grant_type", "password"), ("username", "alice")]).await;
+    assert_oauth_error(r, 400, "invalid_request").await;
+    let r = post(&gw, "/token", &[("grant_type", "refresh_token")]).await;
+    assert_oauth_error(r, 400, "invalid_request").await;
+    let r = post(&gw, "/token", &[("grant_type", "client_credentials")]).await;
+    assert_oauth_error(r, 400, "unsupported_grant_type").await;
+    let r = gw.client.post(gw.url("/token")).json(&json!({"username": "alice", "password": "pw-alice"})).send().await.expect("send");
+    assert_oauth_error(r, 400, "invalid_request").await;
+    let r = post(&gw, "/token", &[("username", "alice"), ("username", "bob"), ("password", "pw-bob")]).await;
+    assert_oauth_error(r, 400, "invalid_request").await;
+    let r = refresh(&gw, "not-a-refresh-token").await;
+    assert_oauth_error(r, 400, "invalid_grant").await;
+    // dora's password is right, but she is disabled.
+    let r = password_login(&gw, "dora", "pw-dora").await;
+    let body = assert_oauth_error(r, 400, "invalid_grant").await;
+    assert_eq!(body["error_description"], "invalid username or password");
+
+    let r = gw.client.get(gw.url("/token")).send().await.expect("send");
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "POST");
+    let r = gw.client.get(gw.url("/token/revoke")).send().await.expect("send");
+    assert_eq!(r.status(), 405);
+    let big = "x".repeat(64 * 1024);
+    let r = post(&gw, "/token", &[("username", "alice"), ("password", &big)]).await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(json(r).await["error"], "payload_too_large");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn htpasswd_bcrypt_users_can_log_in() {
+    // Apache's `htpasswd -B` writes $2y$.
+    let hash = bcrypt::hash("pw-carol", 4).expect("bcrypt").replacen("$2b$", "$2y$", 1);
+    let htpasswd = format!("# made by htpasswd -B\ncarol:{hash}\n");
+    let gw = start(&htpasswd, GENEROUS, "kind = \"memory\"").await;
+    let (access, _) = tokens(&gw, "carol", "pw-carol").await;
+    assert_eq!(call(&gw, &access).await, 200);
+    let r = password_login(&gw, "carol", "wrong").await;
+    assert_oauth_error(r, 400, "invalid_grant").await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_revokes_the_whole_family() {
+    let gw = start(&alice_and_bob(), GENEROUS, "kind = \"memory\"").await;
+    let (_, r1) = tokens(&gw, "alice", "pw-alice").await;
+    let r = refresh(&gw, &r1).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body = json(r).await;
+    let r2 = body["refresh_token"].as_str().expect("refresh").to_string();
+    assert_ne!(r1, r2, "each use must return a new refresh token");
+    let access = body["access_token"].as_str().expect("access");
+    assert_eq!(decode(access.split('.').nth(1).expect("claims"))["roles"], json!(["user", "admin"]));
+    assert_eq!(call(&gw, access).await, 200);
+
+    // r1 again: a stolen copy. The family dies, r2 with it.
+    assert_oauth_error(refresh(&gw, &r1).await, 400, "invalid_grant").await;
+    assert_oauth_error(refresh(&gw, &r2).await, 400, "invalid_grant").await;
+
+    // Another login starts a new, unaffected family.
+    let (_, other) = tokens(&gw, "alice", "pw-alice").await;
+    assert_eq!(refresh(&gw, &other).await.status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn refresh_ttl_bounds_the_family_from_first_login() {
+    let gw = start(&alice_and_bob(), &format!("{GENEROUS}refresh_ttl = \"2s\"\n"), "kind = \"memory\"").await;
+    let started = Instant::now();
+    let (_, mut current) = tokens(&gw, "alice", "pw-alice").await;
+    // Rotating keeps the family alive only until refresh_ttl after the login.
+    let deadline = started + Duration::from_secs(10);
+    loop {
+        let r = refresh(&gw, &current).await;
+        if r.status() != 200 {
+            assert_oauth_error(r, 400, "invalid_grant").await;
+            break;
+        }
+        current = json(r).await["refresh_token"].as_str().expect("refresh").into();
+        assert!(Instant::now() < deadline, "the family outlived refresh_ttl");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_secs(1), "ended too early: {:?}", started.elapsed());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn revoked_access_token_gets_401_and_revoked_refresh_token_ends_its_family() {
+    let gw = start(&alice_and_bob(), GENEROUS, "kind = \"memory\"").await;
+    let (access, r1) = tokens(&gw, "alice", "pw-alice").await;
+    let (other_access, _) = tokens(&gw, "alice", "pw-alice").await;
+    assert_eq!(call(&gw, &access).await, 200);
+    let r = post(&gw, "/token/revoke", &[("token", &access), ("token_type_hint", "access_token")]).await;
+    assert_eq!(r.status(), 200);
+    let r = gw.client.get(gw.url("/api")).bearer_auth(&access).send().await.expect("send");
+    assert_eq!(r.status(), 401);
+    assert_eq!(json(r).await["error"], "invalid_token");
+    assert_eq!(call(&gw, &other_access).await, 200, "only that token is revoked");
+
+    // Revoking a used refresh token ends the family, including its live successor.
+    let r2 = json(refresh(&gw, &r1).await).await["refresh_token"].as_str().expect("refresh").to_string();
+    assert_eq!(post(&gw, "/token/revoke", &[("token", &r1)]).await.status(), 200);
+    assert_oauth_error(refresh(&gw, &r2).await, 400, "invalid_grant").await;
+
+    // RFC 7009: unknown tokens are fine; a missing token is not.
+    assert_eq!(post(&gw, "/token/revoke", &[("token", "no-such-token")]).await.status(), 200);
+    assert_eq!(post(&gw, "/token/revoke", &[("token", "a.b.c")]).await.status(), 200);
+    assert_oauth_error(post(&gw, "/token/revoke", &[("token_type_hint", "refresh_token")]).await, 400, "invalid_request").await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn every_password_attempt_counts_against_the_ip_limit_but_refresh_does_not() {
+    let gw = start(&alice_and_bob(), "rate_limit = \"3/minute\"\nrate_limit_per_username = \"100/hour\"\n", "kind = \"memory\"").await;
+    let (_, r1) = tokens(&gw, "alice", "pw-alice").await;
+    assert_eq!(password_login(&gw, "alice", "bad").await.status(), 400);
+    assert_eq!(password_login(&gw, "bob", "bad").await.status(), 400);
+    let r = password_login(&gw, "bob", "pw-bob").await;
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().expect("ascii").parse().expect("whole seconds");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(json(r).await["error"], "rate_limited");
+    // Refresh grants are not password attempts.
+    let mut current = r1;
+    for _ in 0..3 {
+        let r = refresh(&gw, &current).await;
+        assert_eq!(r.status(), 200);
+        current = json(r).await["refresh_token"].as_str().expect("refresh").into();
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn username_limit_holds_across_ips_and_ip_comes_from_trusted_x_forwarded_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("users.toml"), alice_and_bob()).expect("users");
+    let text = login_config(dir.path(), "rate_limit = \"2/minute\"\nrate_limit_per_username = \"3/hour\"\n", "kind = \"memory\"").replacen(
+        "[server]\n",
+        "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        1,
+    );
+    let gw = Gateway::start_in(dir, &text).await;
+    let from = async |ip: &str, user: &str| {
+        let form = [("username", user), ("password", "bad")];
+        gw.client.post(gw.url("/token")).header("x-forwarded-for", ip).form(&form).send().await.expect("send").status().as_u16()
+    };
+    // Per IP (the X-Forwarded-For client, since the peer is a trusted proxy).
+    assert_eq!(from("203.0.113.1", "bob").await, 400);
+    assert_eq!(from("203.0.113.1", "nobody").await, 400);
+    assert_eq!(from("203.0.113.1", "dora").await, 429);
+    assert_eq!(from("203.0.113.2", "dora").await, 400, "another client IP has its own budget");
+    // Per username, whatever the IP: alice gets 3 attempts an hour.
+    assert_eq!(from("198.51.100.1", "alice").await, 400);
+    assert_eq!(from("198.51.100.2", "alice").await, 400);
+    assert_eq!(from("198.51.100.3", "alice").await, 400);
+    assert_eq!(from("198.51.100.4", "alice").await, 429);
+    assert_eq!(from("198.51.100.4", "bob").await, 400);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_password_queue_answers_503_at_once() {
+    let gw = start(&alice_and_bob(), GENEROUS, "kind = \"memory\"").await;
+    let slots = gw.app().login.as_ref().expect("login").hash_slots.clone();
+    let all = u32::try_from(slots.available_permits()).expect("permits");
+    let held = slots.clone().acquire_many_owned(all).await.expect("permits");
+    let t = Instant::now();
+    let r = password_login(&gw, "alice", "pw-alice").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(json(r).await["error"], "unavailable");
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    drop(held);
+    assert_eq!(password_login(&gw, "alice", "pw-alice").await.status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn cli_revoke_reaches_a_running_gateway_and_login_works_right_after() {
+    let gw = start(&alice_and_bob(), GENEROUS, "kind = \"embedded\"\npath = \"data/authgate.db\"").await;
+    let (access, refresh_token) = tokens(&gw, "alice", "pw-alice").await;
+    let (bob, _) = tokens(&gw, "bob", "pw-bob").await;
+    assert_eq!(call(&gw, &access).await, 200);
+
+    let out = std::process::Command::new(bin())
+        .args(["revoke", "--sub", "alice", "--config"])
+        .arg(gw.dir.path().join("config.toml"))
+        .output()
+        .expect("run authgate revoke");
+    assert!(out.status.success(), "authgate revoke failed: {}", String::from_utf8_lossy(&out.stderr));
+    // Logging in again at once, in the cut-off's second, gives a token that
+    // is not caught by the cut-off.
+    let (fresh, _) = tokens(&gw, "alice", "pw-alice").await;
+
+    eventually(Duration::from_secs(5), "the gateway refuses the revoked token", async || call(&gw, &access).await == 401).await;
+    assert_oauth_error(refresh(&gw, &refresh_token).await, 400, "invalid_grant").await;
+    assert_eq!(call(&gw, &bob).await, 200, "other subjects are untouched");
+    assert_eq!(call(&gw, &fresh).await, 200, "a login right after the revocation must work");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn cli_revoke_with_a_memory_store_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("users.toml"), alice_and_bob()).expect("users");
+    std::fs::write(dir.path().join("config.toml"), login_config(dir.path(), "", "kind = \"memory\"")).expect("config");
+    let out = std::process::Command::new(bin())
+        .args(["revoke", "--sub", "alice", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store.kind"));
+}
+
+#[tokio::test]
+async fn revocation_acknowledged_with_200_survives_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("users.toml"), alice_and_bob()).expect("users");
+    let text = login_config(dir.path(), GENEROUS, "kind = \"embedded\"\npath = \"data/authgate.db\"");
+    let spawned = spawn_binary(dir, &text, &[]);
+    let gw = &spawned.gw;
+    let (revoked, revoked_refresh) = tokens(gw, "alice", "pw-alice").await;
+    let (kept, kept_refresh) = tokens(gw, "alice", "pw-alice").await;
+    assert_eq!(post(gw, "/token/revoke", &[("token", &revoked)]).await.status(), 200);
+    assert_eq!(post(gw, "/token/revoke", &[("token", &revoked_refresh)]).await.status(), 200);
+    let dir = spawned.kill9();
+
+    let spawned = spawn_binary(dir, &text, &[]);
+    let gw = &spawned.gw;
+    assert_eq!(call(gw, &revoked).await, 401);
+    assert_oauth_error(refresh(gw, &revoked_refresh).await, 400, "invalid_grant").await;
+    assert_eq!(call(gw, &kept).await, 200, "tokens not revoked still work after the restart");
+    assert_eq!(refresh(gw, &kept_refresh).await.status(), 200, "refresh families survive the restart");
+}
+
+#[tokio::test]
+async fn password_change_disabling_or_removal_in_the_users_file_ends_sessions() {
+    let carol_hash = quick_hash("pw-carol");
+    let users = |alice_pw: &str, bob_disabled: bool, with_dora: bool| {
+        let mut s = user("alice", &quick_hash(alice_pw), "") + &user("bob", &quick_hash("pw-bob"), &format!("disabled = {bob_disabled}"));
+        s += &user("carol", &carol_hash, "");
+        if with_dora {
+            s += &user("dora", &quick_hash("pw-dora"), "");
+        }
+        s
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("users.toml"), users("old", false, true)).expect("users");
+    let text = login_config(dir.path(), GENEROUS, "kind = \"embedded\"\npath = \"data/authgate.db\"");
+    let gw = Gateway::start_in(dir, &text).await;
+    let (alice, alice_refresh) = tokens(&gw, "alice", "old").await;
+    let (bob, bob_refresh) = tokens(&gw, "bob", "pw-bob").await;
+    let (dora, _) = tokens(&gw, "dora", "pw-dora").await;
+    let carol = gw.token("carol", json!({}));
+    let Gateway { running, dir, .. } = gw;
+    running.expect("running").shutdown().await;
+
+    // carol's entry is byte-for-byte the same; alice's password changed,
+    // bob is disabled, dora is gone.
+    std::fs::write(dir.path().join("users.toml"), users("new", true, false)).expect("users");
+    let gw = Gateway::start_in(dir, &text).await;
+    assert_eq!(call(&gw, &alice).await, 401);
+    assert_eq!(call(&gw, &bob).await, 401);
+    assert_eq!(call(&gw, &dora).await, 401);
+    assert_eq!(call(&gw, &carol).await, 200);
+    assert_oauth_error(refresh(&gw, &alice_refresh).await, 400, "invalid_grant").await;
+    assert_oauth_error(refresh(&gw, &bob_refresh).await, 400, "invalid_grant").await;
+    assert_oauth_error(password_login(&gw, "alice", "old").await, 400, "invalid_grant").await;
+    assert_oauth_error(password_login(&gw, "bob", "pw-bob").await, 400, "invalid_grant").await;
+    let (fresh, _) = tokens(&gw, "alice", "new").await;
+    assert_eq!(call(&gw, &fresh).await, 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_shipped_users_file_logs_in_the_demo_user() {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/users.toml")).expect("shipped users.toml");
+    let gw = start(&shipped, GENEROUS, "kind = \"memory\"").await;
+    let (access, _) = tokens(&gw, "alice@example.com", "secret123").await;
+    let claims = decode(access.split('.').nth(1).expect("claims"));
+    assert_eq!(claims["roles"], json!(["user"]));
+    assert_eq!(claims["email"], "alice@example.com");
+    assert!(claims["name"].is_string());
+    assert_eq!(call(&gw, &access).await, 200);
+    gw.stop().await;
+}
+
+/// `authgate check` on a config in a fresh folder; returns (exit code, stderr).
+fn check(users: &str, edit: impl Fn(String) -> String) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("users.toml"), users).expect("users");
+    let text = edit(login_config(dir.path(), "", "kind = \"memory\""));
+    std::fs::write(dir.path().join("config.toml"), text).expect("config");
+    let out = std::process::Command::new(bin())
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run authgate check");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn demo_user_on_a_public_listener_is_warned_about() {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/users.toml")).expect("shipped users.toml");
+    let (code, stderr) = check(&shipped, |t| t.replacen("listen = \"127.0.0.1:0\"", "listen = \"0.0.0.0:0\"", 1));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("DEMO USER") && stderr.contains("alice@example.com"), "no warning in: {stderr}");
+    let (code, stderr) = check(&shipped, |t| t);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("DEMO USER"), "warned on loopback: {stderr}");
+}
+
+#[test]
+fn a_bad_users_file_is_a_config_error_naming_the_file_and_key() {
+    let good = user("alice", &quick_hash("pw"), "");
+    let cases = [
+        (
+            good.clone() + &user("bob", "$1$md5$notsupported", ""),
+            "users.toml: users[1].password_hash: not an argon2id or bcrypt PHC string",
+        ),
+        (good.clone() + &user("alice", &quick_hash("x"), ""), "users.toml: users[1].username"),
+        (user("eve", &quick_hash("pw"), "claims = { sub = \"admin\" }"), "users.toml: users[0].claims.sub"),
+        (user("eve", &quick_hash("pw"), "disable = true"), "users.toml: users[0]"),
+        ("mallory:$apr1$abc$def\n".to_string(), "users.toml: line 1: only bcrypt"),
+    ];
+    for (users, want) in cases {
+        let (code, stderr) = check(&users, |t| t);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains(want), "wanted {want:?} in: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let (code, stderr) = check(&good, |t| t.replacen("kind = \"memory\"", "kind = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"", 1));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("store.kind") && stderr.contains("not supported by this build yet"), "{stderr}");
+}
