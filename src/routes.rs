@@ -9,6 +9,7 @@ pub enum PathError {
     NotAbsolute,
     BadEscape,
     EncodedSeparator,
+    Backslash,
     AboveRoot,
     ParameterDotSegment,
 }
@@ -19,6 +20,7 @@ impl PathError {
             PathError::NotAbsolute => "the request target must be an absolute path",
             PathError::BadEscape => "the path holds an invalid percent-escape",
             PathError::EncodedSeparator => "the path holds an encoded '/', '\\' or NUL",
+            PathError::Backslash => "the path holds a '\\'",
             PathError::AboveRoot => "the path climbs above '/'",
             PathError::ParameterDotSegment => "the path holds a dot-segment with parameters",
         }
@@ -41,11 +43,16 @@ fn hex(b: u8) -> Option<u8> {
 
 /// RFC 3986 normalisation of a request path: decode unreserved escapes (and
 /// upper-case the others), merge repeated `/`, remove `.` and `..` segments.
-/// Refuses what backends disagree about: an encoded `/`, `\` or NUL, a climb
-/// above `/`, and `..;`-style segments that Java servers treat as `..`.
+/// Refuses what backends disagree about: an encoded `/`, `\` or NUL, a raw
+/// `\` (a separator on Windows and IIS, so `/public\..\admin` would be
+/// `/admin` there), a climb above `/`, and `..;`-style segments that Java
+/// servers treat as `..`.
 pub fn normalise_path(raw: &str) -> Result<String, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
+    }
+    if raw.contains('\\') {
+        return Err(PathError::Backslash);
     }
     // Fast path: nothing to decode and no dot or empty segments.
     let b = raw.as_bytes();
@@ -132,15 +139,21 @@ impl RouteTable {
     }
 }
 
+/// `;` ends a segment too: Java servers route `/admin;jsessionid=x` to
+/// `/admin`, so it must not escape the `/admin` route's checks.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+    prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/' | b';')))
 }
 
-/// The path the upstream receives: with `strip_prefix`, the route prefix removed.
+/// The path the upstream receives: with `strip_prefix`, the route prefix
+/// removed (but not from `/p;params`, which has no path left to send).
 pub fn upstream_path<'a>(route: &RouteConfig, path: &'a str) -> &'a str {
     if route.strip_prefix && route.path != "/" {
-        let rest = &path[route.path.len()..];
-        if rest.is_empty() { "/" } else { rest }
+        match &path[route.path.len()..] {
+            "" => "/",
+            rest if rest.starts_with(';') => path,
+            rest => rest,
+        }
     } else {
         path
     }
@@ -173,6 +186,7 @@ mod tests {
         err("/a%2Fb", PathError::EncodedSeparator);
         err("/a%5cb", PathError::EncodedSeparator);
         err("/a%00", PathError::EncodedSeparator);
+        err("/public\\..\\admin", PathError::Backslash);
         err("/a%zz", PathError::BadEscape);
         err("/a%2", PathError::BadEscape);
         err("/public/..;/admin", PathError::ParameterDotSegment);
@@ -184,6 +198,7 @@ mod tests {
         assert!(prefix_matches("/api", "/api"));
         assert!(prefix_matches("/api", "/api/x"));
         assert!(!prefix_matches("/api", "/apix"));
+        assert!(prefix_matches("/api", "/api;v=1/x"));
         assert!(prefix_matches("/", "/anything"));
     }
 }

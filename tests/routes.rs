@@ -234,3 +234,45 @@ async fn nothing_matches_is_404_not_found() {
     assert_eq!(up.hits(), 0);
     gw.stop().await;
 }
+
+/// Regression: a raw `\` went to the upstream as it was, so on a backend
+/// that treats `\` as `/` (IIS, Windows) `/public\..\admin` was `/admin`
+/// reached through the public route. An encoded `%5C` was already refused.
+#[tokio::test]
+async fn raw_backslash_in_the_path_is_400() {
+    let (gw, public, admin) = public_and_admin().await;
+    for bad in ["/public\\..\\admin", "/public/..\\admin", "/public\\x"] {
+        let resp = raw_get(&gw, bad, None).await;
+        assert_eq!(status_of(&resp), 400, "{bad}: {resp}");
+        assert_eq!(error_of(&resp), "bad_request", "{bad}");
+    }
+    assert_eq!(public.hits() + admin.hits(), 0);
+    gw.stop().await;
+}
+
+/// Regression: `/admin;jsessionid=x` did not match the `/admin` route (the
+/// `;` was not a segment boundary) and fell through to `/`, although Java
+/// servers route it to `/admin`: a way around the route's roles.
+#[tokio::test]
+async fn path_parameters_do_not_escape_their_route() {
+    let root = Upstream::start().await;
+    let admin = Upstream::start().await;
+    let routes = format!(
+        "[[routes]]\npath = \"/\"\nupstream = \"{}\"\nauth = \"public\"\n\n[[routes]]\npath = \"/admin\"\nupstream = \"{}\"\nroles = [\"admin\"]\n",
+        root.url(),
+        admin.url()
+    );
+    let gw = Gateway::start("", &routes).await;
+    for sneaky in ["/admin;jsessionid=1", "/admin;x/users", "/admin;"] {
+        let resp = raw_get(&gw, sneaky, None).await;
+        assert_eq!(status_of(&resp), 401, "{sneaky}: {resp}");
+    }
+    assert_eq!(root.hits() + admin.hits(), 0);
+    let t = gw.token("root", json!({ "roles": ["admin"] }));
+    assert_eq!(status_of(&raw_get(&gw, "/admin;v=1/users", Some(&t)).await), 200);
+    assert_eq!(admin.last().path, "/admin;v=1/users");
+    // A different first segment is still a different route.
+    assert_eq!(status_of(&raw_get(&gw, "/adminx;y", None).await), 200);
+    assert_eq!(root.hits(), 1);
+    gw.stop().await;
+}
