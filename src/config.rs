@@ -512,10 +512,10 @@ impl Validator<'_> {
             }
             routes.push(route);
         }
-        if let Some(login) = &login {
-            if let Some(i) = routes.iter().position(|r| r.path == login.path) {
-                return Err(self.err(format!("routes[{i}].path"), format!("{:?} is login.path, which authgate answers itself", login.path)));
-            }
+        if let Some(login) = &login
+            && let Some(i) = routes.iter().position(|r| r.path == login.path)
+        {
+            return Err(self.err(format!("routes[{i}].path"), format!("{:?} is login.path, which authgate answers itself", login.path)));
         }
         let log = LogConfig {
             format: match raw.log.format.as_str() {

@@ -45,10 +45,10 @@ impl IdentityRules {
     pub fn apply(&self, headers: &mut HeaderMap, identity: &Identity) -> Result<(), TokenError> {
         headers.insert(self.config.subject_header.clone(), header_value(identity.sub())?);
         for (claim, header) in &self.config.claim_headers {
-            if let Some(v) = identity.claim(claim) {
-                if let Some(value) = claim_value(v)? {
-                    headers.insert(header.clone(), value);
-                }
+            if let Some(v) = identity.claim(claim)
+                && let Some(value) = claim_value(v)?
+            {
+                headers.insert(header.clone(), value);
             }
         }
         Ok(())

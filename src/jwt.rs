@@ -117,7 +117,7 @@ fn numeric_date(v: &Value) -> Result<u64, TokenError> {
                 return Ok(u);
             }
             match n.as_f64() {
-                Some(f) if f.is_finite() && f >= 0.0 && f < 1e15 => Ok(f as u64),
+                Some(f) if (0.0..1e15).contains(&f) => Ok(f as u64),
                 _ => Err(TokenError::Malformed),
             }
         }
@@ -207,10 +207,10 @@ impl Verifier {
         if now > exp.saturating_add(self.leeway) {
             return Err(TokenError::Expired);
         }
-        if let Some(nbf) = claims.get("nbf") {
-            if numeric_date(nbf)? > now.saturating_add(self.leeway) {
-                return Err(TokenError::NotYetValid);
-            }
+        if let Some(nbf) = claims.get("nbf")
+            && numeric_date(nbf)? > now.saturating_add(self.leeway)
+        {
+            return Err(TokenError::NotYetValid);
         }
         let iat = claims.get("iat").map(numeric_date).transpose()?;
         match claims.get("iss") {

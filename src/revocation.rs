@@ -17,10 +17,10 @@ pub struct Denylist {
 
 impl Denylist {
     pub fn is_revoked(&self, id: &Identity) -> bool {
-        if let Some(jti) = id.jti() {
-            if read(&self.jtis).contains_key(jti) {
-                return true;
-            }
+        if let Some(jti) = id.jti()
+            && read(&self.jtis).contains_key(jti)
+        {
+            return true;
         }
         match read(&self.cutoffs).get(id.sub()) {
             // A token without `iat` cannot prove it came after the cut-off.
