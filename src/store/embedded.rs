@@ -230,6 +230,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn ping(&self) -> Result<()> {
+        self.conn().query_row("SELECT 1", [], |_| Ok(())).map_err(|e| StoreError(format!("the store does not answer: {e}")))
+    }
+
     fn prune(&self, now: u64) -> Result<u64> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(e)?;

@@ -82,6 +82,10 @@ pub trait Store: Send + Sync {
     fn set_user_fingerprint(&self, username: &str, fingerprint: Option<&TokenHash>) -> Result<()>;
     /// Removes expired revocations and refresh families; returns how many.
     fn prune(&self, now: u64) -> Result<u64>;
+    /// Is the store reachable and answering? (`/readyz`)
+    fn ping(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Opens the configured store (creating the embedded file and its folder).
