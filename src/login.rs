@@ -121,7 +121,7 @@ fn required<'a>(form: &'a HashMap<String, String>, name: &str, missing: &'static
 async fn password_grant(app: &App, login: &Login, client: IpAddr, form: &HashMap<String, String>) -> Result<Response<Body>, GatewayError> {
     let username = required(form, "username", "the username parameter is missing")?;
     let password = required(form, "password", "the password parameter is missing")?.to_string();
-    login.limits.check(client, username).map_err(|retry_after_secs| GatewayError::RateLimited { retry_after_secs })?;
+    login.limits.check(&app.store, client, username).await?;
     let permit =
         login.hash_slots.clone().try_acquire_owned().map_err(|_| GatewayError::Unavailable("every password check slot is busy".into()))?;
     // Unknown users are checked against a dummy hash: same answer, same time.

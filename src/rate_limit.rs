@@ -1,12 +1,18 @@
-//! Login rate limits (governor): one keyed limiter per client IP and one per
-//! username. Every password-grant attempt counts against both.
+//! Login rate limits: one keyed limiter per client IP and one per username.
+//! Every password-grant attempt counts against both. governor decides first,
+//! in process; with a shared store (Redis) an attempt it lets through is then
+//! charged atomically in the store too, so the limit holds across replicas
+//! while a flood against one replica never reaches Redis.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, RateLimiter};
 
-use crate::config::LoginConfig;
+use crate::config::{LoginConfig, Rate};
+use crate::error::GatewayError;
+use crate::store::{self, RateCheck, Store};
 
 /// Longer usernames are cut before keying, so a key costs bounded memory.
 const MAX_KEY_BYTES: usize = 256;
@@ -14,6 +20,16 @@ const MAX_KEY_BYTES: usize = 256;
 pub struct LoginLimits {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     per_username: DefaultKeyedRateLimiter<String>,
+    ip_rate: Rate,
+    username_rate: Rate,
+}
+
+fn rate_check(key: String, rate: &Rate) -> RateCheck {
+    RateCheck { key, interval: rate.per / rate.count.get(), burst: rate.count.get() }
+}
+
+fn seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl LoginLimits {
@@ -21,29 +37,39 @@ impl LoginLimits {
         LoginLimits {
             per_ip: RateLimiter::keyed(login.rate_limit.quota()),
             per_username: RateLimiter::keyed(login.rate_limit_per_username.quota()),
+            ip_rate: login.rate_limit,
+            username_rate: login.rate_limit_per_username,
         }
     }
 
-    /// Counts one attempt against both limits; Err(seconds to wait, >= 1)
-    /// when either is exhausted.
-    pub fn check(&self, ip: IpAddr, username: &str) -> Result<(), u64> {
-        let mut key = username;
-        if key.len() > MAX_KEY_BYTES {
-            let mut end = MAX_KEY_BYTES;
-            while !key.is_char_boundary(end) {
-                end -= 1;
-            }
-            key = &key[..end];
+    /// Counts one attempt against both limits, locally and then in a shared
+    /// store: 429 when either is exhausted, 503 when the store cannot answer.
+    pub async fn check(&self, store: &Arc<dyn Store>, ip: IpAddr, username: &str) -> Result<(), GatewayError> {
+        let key = cut(username);
+        self.check_local(ip, key).map_err(|retry_after_secs| GatewayError::RateLimited { retry_after_secs })?;
+        if !store.shared_limits() {
+            return Ok(());
         }
+        // The username is hashed: bounded key size and no user names in Redis keys.
+        let user_key = format!("user:{}", hex(&store::hash_token(key)));
+        let checks = vec![rate_check(format!("ip:{ip}"), &self.ip_rate), rate_check(user_key, &self.username_rate)];
+        let wait = store::blocking(store, move |s| s.rate_limit(&checks)).await.map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+        match wait {
+            Some(w) => Err(GatewayError::RateLimited { retry_after_secs: seconds(w) }),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one attempt against both in-process limits; Err(seconds to
+    /// wait, >= 1) when either is exhausted.
+    pub fn check_local(&self, ip: IpAddr, username: &str) -> Result<(), u64> {
+        let key = cut(username);
         let now = DefaultClock::default().now();
         let ip = self.per_ip.check_key(&ip).map_err(|n| n.wait_time_from(now));
         let user = self.per_username.check_key(&key.to_string()).map_err(|n| n.wait_time_from(now));
         match (ip, user) {
             (Ok(()), Ok(())) => Ok(()),
-            (a, b) => {
-                let wait = a.err().max(b.err()).unwrap_or_default();
-                Err(wait.as_secs_f64().ceil().max(1.0) as u64)
-            }
+            (a, b) => Err(seconds(a.err().max(b.err()).unwrap_or_default())),
         }
     }
 
@@ -63,4 +89,19 @@ impl LoginLimits {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn cut(username: &str) -> &str {
+    if username.len() <= MAX_KEY_BYTES {
+        return username;
+    }
+    let mut end = MAX_KEY_BYTES;
+    while !username.is_char_boundary(end) {
+        end -= 1;
+    }
+    &username[..end]
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

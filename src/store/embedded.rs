@@ -92,6 +92,8 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    super::local_store!();
+
     fn create_family(&self, family: &str, sub: &str, token: &TokenHash, now: u64, expires: u64) -> Result<()> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(e)?;

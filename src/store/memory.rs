@@ -36,6 +36,8 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    super::local_store!();
+
     fn create_family(&self, family: &str, sub: &str, token: &TokenHash, _now: u64, expires: u64) -> Result<()> {
         let mut s = self.state();
         s.families.insert(family.into(), Family { sub: sub.into(), expires, revoked: false });

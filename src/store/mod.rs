@@ -9,6 +9,7 @@
 
 pub mod embedded;
 pub mod memory;
+pub mod redis;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -47,6 +48,19 @@ pub enum Rotation {
 pub struct Cursor {
     pub jtis: i64,
     pub cutoffs: i64,
+    /// Which incarnation of the log the numbers belong to (Redis: changes
+    /// when it lost its data and restarted its numbering; a reader seeing
+    /// another epoch reads the whole log again). 0 elsewhere.
+    pub epoch: u64,
+}
+
+/// One login limit to charge in a shared store: a GCRA cell of `burst`
+/// attempts, one more every `interval`.
+#[derive(Debug, Clone)]
+pub struct RateCheck {
+    pub key: String,
+    pub interval: std::time::Duration,
+    pub burst: u32,
 }
 
 /// Revocations recorded after a cursor.
@@ -86,7 +100,33 @@ pub trait Store: Send + Sync {
     fn ping(&self) -> Result<()> {
         Ok(())
     }
+    // The three below have no default on purpose: a wrapper (metrics) that
+    // forgot to forward one would silently lose shared limits or pushes.
+    /// Does this store hold login limits shared by replicas ([`Store::rate_limit`])?
+    fn shared_limits(&self) -> bool;
+    /// Charges one attempt against each limit, atomically across replicas;
+    /// Some(wait) when one of them is exhausted. Local stores answer None
+    /// and leave login limits to the in-process limiter.
+    fn rate_limit(&self, checks: &[RateCheck]) -> Result<Option<std::time::Duration>>;
+    /// Starts following other processes' revocations as they happen,
+    /// waking `wake` for each (needs a tokio runtime). The periodic resync
+    /// in [`maintain`] runs either way and repairs what a push missed.
+    fn follow(&self, wake: &Arc<tokio::sync::Notify>);
 }
+
+/// The three shared-store methods for a store that shares nothing live.
+macro_rules! local_store {
+    () => {
+        fn shared_limits(&self) -> bool {
+            false
+        }
+        fn rate_limit(&self, _checks: &[super::RateCheck]) -> Result<Option<std::time::Duration>> {
+            Ok(None)
+        }
+        fn follow(&self, _wake: &std::sync::Arc<tokio::sync::Notify>) {}
+    };
+}
+use local_store;
 
 /// Opens the configured store (creating the embedded file and its folder).
 pub fn open(config: &Config) -> std::result::Result<Arc<dyn Store>, ConfigError> {
@@ -97,9 +137,9 @@ pub fn open(config: &Config) -> std::result::Result<Arc<dyn Store>, ConfigError>
         StoreKind::Embedded => embedded::SqliteStore::open(&s.path)
             .map(|st| Arc::new(st) as Arc<dyn Store>)
             .map_err(|e| err("store.path", format!("{}: {}", s.path.display(), e.0))),
-        StoreKind::Redis => {
-            Err(err("store.kind", "store.kind = \"redis\" is not supported by this build yet; use \"embedded\" or \"memory\"".into()))
-        }
+        StoreKind::Redis => redis::RedisStore::open(s.redis_url.as_deref().unwrap_or_default())
+            .map(|st| Arc::new(st) as Arc<dyn Store>)
+            .map_err(|e| err("store.redis_url", e.0)),
     }
 }
 
@@ -162,13 +202,23 @@ pub fn load_into(store: &dyn Store, denylist: &crate::revocation::Denylist, curs
 }
 
 /// The gateway's background upkeep: keeps the in-memory denylist current
-/// with the store and prunes what has expired. Ends when the app is dropped.
+/// with the store (every `SYNC_EVERY`, and at once when the store announces
+/// a revocation) and prunes what has expired. Ends when the app is dropped.
 pub async fn maintain(app: std::sync::Weak<crate::app::App>) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    match app.upgrade() {
+        Some(a) => a.store.follow(&wake),
+        None => return,
+    }
     let mut tick = tokio::time::interval(SYNC_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = tokio::time::Instant::now();
+    let mut failing = false;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = wake.notified() => {}
+        }
         let Some(app) = app.upgrade() else { return };
         let cursor = *app.revocation_cursor.lock().unwrap_or_else(|p| p.into_inner());
         let store = app.store.clone();
@@ -192,8 +242,17 @@ pub async fn maintain(app: std::sync::Weak<crate::app::App>) {
                 if pruned > 0 {
                     tracing::debug!(pruned, "expired store entries removed");
                 }
+                if failing {
+                    tracing::info!("the store answers again; revocations are followed");
+                    failing = false;
+                }
             }
-            Ok(Err(error)) => tracing::warn!(%error, "cannot read revocations from the store"),
+            // Once per outage, not once a second.
+            Ok(Err(error)) if !failing => {
+                tracing::warn!(%error, "cannot read revocations from the store; proxied requests use the denylist as last read");
+                failing = true;
+            }
+            Ok(Err(_)) => {}
             Err(error) => tracing::warn!(%error, "store upkeep task failed"),
         }
         if prune {

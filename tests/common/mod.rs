@@ -3,6 +3,8 @@
 //! and a real upstream HTTP server that records what it received.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

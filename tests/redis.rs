@@ -1,0 +1,245 @@
+//! `store.kind = "redis"`: several replicas share one real redis-server
+//! (started by the test): revocations, login limits and refresh rotation
+//! hold across replicas, and an outage degrades logins, not the proxy.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::redis::{RedisServer, redis_or_skip};
+use common::*;
+
+const ROUTES: &str = "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n";
+const GENEROUS: &str = "rate_limit = \"1000/minute\"\nrate_limit_per_username = \"1000/hour\"\n";
+
+/// A cheap argon2id hash (tests only).
+fn quick_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let params = argon2::Params::new(1024, 1, 1, None).expect("params");
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    a.hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng)).expect("hash").to_string()
+}
+
+/// The folder replicas share: the signing key and the users file.
+fn shared() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users = format!(
+        "[[users]]\nusername = \"alice\"\npassword_hash = \"{}\"\nroles = [\"user\"]\n\n[[users]]\nusername = \"bob\"\npassword_hash = \"{}\"\n",
+        quick_hash("pw-alice"),
+        quick_hash("pw-bob")
+    );
+    std::fs::write(dir.path().join("users.toml"), users).expect("users");
+    authgate::keys::generate_private_key(jsonwebtoken::Algorithm::ES256, &dir.path().join("jwt.pem")).expect("key");
+    dir
+}
+
+/// One replica: its own folder (TLS, config), the shared key, users and Redis.
+async fn replica(shared: &Path, redis: &RedisServer, login: &str) -> Gateway {
+    let s = shared.display();
+    let extra = format!(
+        "[jwt]\nalgorithm = \"ES256\"\nprivate_key = \"{s}/jwt.pem\"\nissuer = \"authgate\"\naudience = \"api\"\nleeway = \"5s\"\n\n\
+         [login]\nusers_file = \"{s}/users.toml\"\n{login}\n[store]\n{}\n",
+        redis.store_toml()
+    );
+    Gateway::start(&extra, ROUTES).await
+}
+
+async fn post(gw: &Gateway, form: &[(&str, &str)]) -> reqwest::Response {
+    let path = if form.iter().any(|(k, _)| *k == "token") { "/token/revoke" } else { "/token" };
+    gw.client.post(gw.url(path)).form(form).send().await.expect("send")
+}
+
+async fn login(gw: &Gateway, username: &str, password: &str) -> reqwest::Response {
+    post(gw, &[("grant_type", "password"), ("username", username), ("password", password)]).await
+}
+
+/// Logs in and returns (access_token, refresh_token).
+async fn tokens(gw: &Gateway, username: &str, password: &str) -> (String, String) {
+    let r = login(gw, username, password).await;
+    assert_eq!(r.status(), 200, "login of {username}");
+    let body = json(r).await;
+    (body["access_token"].as_str().expect("access").into(), body["refresh_token"].as_str().expect("refresh").into())
+}
+
+async fn refresh(gw: &Gateway, token: &str) -> reqwest::Response {
+    post(gw, &[("grant_type", "refresh_token"), ("refresh_token", token)]).await
+}
+
+async fn call(gw: &Gateway, access: &str) -> u16 {
+    gw.client.get(gw.url("/api")).bearer_auth(access).send().await.expect("send").status().as_u16()
+}
+
+/// Polls `f` until it returns true; returns how long that took, failing after `limit`.
+async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut f: F) -> Duration {
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn a_token_revoked_through_one_replica_is_refused_by_the_other_within_a_second() {
+    let Some(redis) = redis_or_skip("a_token_revoked_through_one_replica_is_refused_by_the_other_within_a_second") else { return };
+    let dir = shared();
+    let a = replica(dir.path(), &redis, GENEROUS).await;
+    let b = replica(dir.path(), &redis, GENEROUS).await;
+    let (access, _) = tokens(&a, "alice", "pw-alice").await;
+    let (other, _) = tokens(&b, "alice", "pw-alice").await;
+    assert_eq!(call(&b, &access).await, 200);
+
+    assert_eq!(post(&a, &[("token", &access)]).await.status(), 200);
+    assert_eq!(call(&a, &access).await, 401, "the replica that revoked refuses at once");
+    let took = eventually(Duration::from_secs(1), "replica B refuses the revoked token", async || call(&b, &access).await == 401).await;
+    println!("revocation reached the other replica in {took:?}");
+    assert_eq!(call(&b, &other).await, 200, "only that token is revoked");
+
+    // A subject cut-off (authgate revoke) written by another process reaches both.
+    let store = authgate::store::open(&a.app().config).expect("open the store like `authgate revoke` does");
+    store.revoke_subject("alice", authgate::jwt::now_secs() + 1).expect("revoke");
+    for gw in [&a, &b] {
+        eventually(Duration::from_secs(1), "the cut-off reaches every replica", async || call(gw, &other).await == 401).await;
+    }
+
+    // A replica started later loads the denylist before serving.
+    let c = replica(dir.path(), &redis, GENEROUS).await;
+    assert_eq!(call(&c, &access).await, 401);
+    assert_eq!(call(&c, &other).await, 401);
+    for gw in [a, b, c] {
+        gw.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_login_limit_spent_through_one_replica_is_spent_for_the_other() {
+    let Some(redis) = redis_or_skip("the_login_limit_spent_through_one_replica_is_spent_for_the_other") else { return };
+    let dir = shared();
+    let limits = "rate_limit = \"3/minute\"\nrate_limit_per_username = \"100/hour\"\n";
+    let a = replica(dir.path(), &redis, limits).await;
+    let b = replica(dir.path(), &redis, limits).await;
+    for _ in 0..3 {
+        assert_eq!(login(&a, "alice", "wrong").await.status(), 400);
+    }
+    // B's own governor has seen nothing: only the shared counter can refuse.
+    let r = login(&b, "alice", "pw-alice").await;
+    assert_eq!(r.status(), 429, "the per-IP limit spent on A holds on B");
+    let retry: u64 = r.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_eq!(json(r).await["error"], "rate_limited");
+    assert_eq!(login(&a, "alice", "pw-alice").await.status(), 429);
+
+    // The per-username limit too, from different client IPs (a trusted proxy's X-Forwarded-For).
+    let s = dir.path().display();
+    let per_user = "rate_limit = \"100/minute\"\nrate_limit_per_username = \"2/hour\"\n";
+    let extra = |redis: &RedisServer| {
+        format!(
+            "[jwt]\nalgorithm = \"ES256\"\nprivate_key = \"{s}/jwt.pem\"\nissuer = \"authgate\"\naudience = \"api\"\n\n\
+             [login]\nusers_file = \"{s}/users.toml\"\n{per_user}\n[store]\n{}\n",
+            redis.store_toml()
+        )
+    };
+    let with_proxy = |dir: &tempfile::TempDir, redis: &RedisServer| {
+        config_text(dir.path(), &extra(redis), ROUTES).replacen("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n", 1)
+    };
+    let (d1, d2) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let (t1, t2) = (with_proxy(&d1, &redis), with_proxy(&d2, &redis));
+    let c = Gateway::start_in(d1, &t1).await;
+    let d = Gateway::start_in(d2, &t2).await;
+    let attempt = async |gw: &Gateway, ip: &str| {
+        let form = [("username", "bob"), ("password", "wrong")];
+        gw.client.post(gw.url("/token")).header("x-forwarded-for", ip).form(&form).send().await.expect("send").status().as_u16()
+    };
+    assert_eq!(attempt(&c, "10.0.0.1").await, 400);
+    assert_eq!(attempt(&d, "10.0.0.2").await, 400);
+    assert_eq!(attempt(&d, "10.0.0.3").await, 429, "bob's limit is shared by replicas and IPs");
+    for gw in [a, b, c, d] {
+        gw.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn refresh_rotation_is_atomic_across_replicas_and_reuse_on_another_revokes_the_family() {
+    let Some(redis) = redis_or_skip("refresh_rotation_is_atomic_across_replicas_and_reuse_on_another_revokes_the_family") else { return };
+    let dir = shared();
+    let a = replica(dir.path(), &redis, GENEROUS).await;
+    let b = replica(dir.path(), &redis, GENEROUS).await;
+
+    // Rotate on A, present the old one on B: reuse, the whole family ends on both.
+    let (_, r1) = tokens(&a, "alice", "pw-alice").await;
+    let r = refresh(&a, &r1).await;
+    assert_eq!(r.status(), 200);
+    let r2 = json(r).await["refresh_token"].as_str().expect("refresh").to_string();
+    let r = refresh(&b, &r1).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(json(r).await["error"], "invalid_grant");
+    assert_eq!(refresh(&a, &r2).await.status(), 400, "the live successor died with its family");
+    assert_eq!(refresh(&b, &r2).await.status(), 400);
+
+    // The same token at both replicas at once: exactly one rotation wins.
+    for _ in 0..5 {
+        let (_, r1) = tokens(&b, "bob", "pw-bob").await;
+        let (x, y) = tokio::join!(refresh(&a, &r1), refresh(&b, &r1));
+        let ok = [x.status(), y.status()].iter().filter(|s| s.as_u16() == 200).count();
+        assert_eq!(ok, 1, "statuses {} and {}", x.status(), y.status());
+    }
+
+    // Revoking a refresh token through one replica ends it for the other.
+    let (_, r1) = tokens(&a, "alice", "pw-alice").await;
+    assert_eq!(post(&b, &[("token", &r1)]).await.status(), 200);
+    assert_eq!(refresh(&a, &r1).await.status(), 400);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn redis_down_fails_logins_fast_keeps_the_proxy_serving_and_recovers_by_itself() {
+    let Some(mut redis) = redis_or_skip("redis_down_fails_logins_fast_keeps_the_proxy_serving_and_recovers_by_itself") else { return };
+    let dir = shared();
+    let a = replica(dir.path(), &redis, GENEROUS).await;
+    let b = replica(dir.path(), &redis, GENEROUS).await;
+    let (access, r1) = tokens(&a, "alice", "pw-alice").await;
+    let (revoked, _) = tokens(&a, "bob", "pw-bob").await;
+    assert_eq!(post(&a, &[("token", &revoked)]).await.status(), 200);
+    eventually(Duration::from_secs(1), "B refuses the revoked token", async || call(&b, &revoked).await == 401).await;
+
+    redis.stop();
+    // Proxied requests do not touch Redis: they keep working on the in-memory denylist.
+    for gw in [&a, &b] {
+        assert_eq!(call(gw, &access).await, 200);
+        assert_eq!(call(gw, &revoked).await, 401, "revocations read before the outage still hold");
+    }
+    // Logins and refreshes answer 503 `unavailable`, quickly.
+    for gw in [&a, &b] {
+        let started = Instant::now();
+        let r = login(gw, "alice", "pw-alice").await;
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(json(r).await["error"], "unavailable");
+        let r = refresh(gw, &r1).await;
+        assert_eq!(r.status(), 503);
+        assert_eq!(json(r).await["error"], "unavailable");
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    }
+    // Readiness (`/readyz` calls Store::ping) reports the outage within its timeout.
+    let store = a.app().store.clone();
+    let started = Instant::now();
+    assert!(tokio::task::spawn_blocking(move || store.ping()).await.expect("join").is_err());
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Redis comes back (empty: this one does not persist). Everything recovers by itself.
+    redis.restart();
+    for gw in [&a, &b] {
+        eventually(Duration::from_secs(10), "logins work again", async || login(gw, "bob", "pw-bob").await.status() == 200).await;
+    }
+    let store = a.app().store.clone();
+    assert!(tokio::task::spawn_blocking(move || store.ping()).await.expect("join").is_ok());
+    let (fresh, _) = tokens(&b, "alice", "pw-alice").await;
+    assert_eq!(call(&a, &fresh).await, 200);
+    // Revocations flow between replicas again (the log restarted its numbering).
+    assert_eq!(post(&b, &[("token", &fresh)]).await.status(), 200);
+    eventually(Duration::from_secs(1), "A follows revocations after the restart", async || call(&a, &fresh).await == 401).await;
+    a.stop().await;
+    b.stop().await;
+}
