@@ -220,7 +220,9 @@ impl Verifier {
         }
         let aud_ok = match claims.get("aud") {
             Some(Value::String(a)) => *a == self.audience,
-            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(&self.audience)),
+            // RFC 7519 §4.1.3: an array of strings; anything else in it is malformed.
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().any(|v| v.as_str() == Some(&self.audience)),
+            Some(Value::Array(_)) => return Err(TokenError::Malformed),
             Some(_) => false,
             None => return Err(TokenError::MissingClaim),
         };
