@@ -70,6 +70,7 @@ impl App {
     /// Starts the background upkeep (denylist sync, pruning). Needs a runtime.
     pub fn spawn_background(self: &Arc<Self>) {
         tokio::spawn(crate::store::maintain(Arc::downgrade(self)));
+        self.verifier.spawn_refresh();
     }
 
     /// The outer handler: runs the pipeline, turns an error into its answer.
@@ -94,7 +95,10 @@ impl App {
         let path = normalise_path(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.description()))?;
 
         if path == JWKS_PATH && self.config.jwt.algorithm_is_asymmetric() {
-            return Ok(json_response(StatusCode::OK, self.jwks.clone()));
+            let mut resp = json_response(StatusCode::OK, self.jwks.clone());
+            // Verifiers may cache it; a rotation publishes the next key ahead (README).
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+            return Ok(resp);
         }
         if path == VERIFY_PATH {
             return self.forward_auth(req.headers());
@@ -118,6 +122,7 @@ impl App {
         // X-Auth-Subject` cannot delete the verified identity.
         if let Some(id) = &identity {
             self.identity.apply(req.headers_mut(), id).map_err(GatewayError::InvalidToken)?;
+            self.identity.assert(req.headers_mut(), id, self.signer.as_ref(), &route.path)?;
         }
 
         let target = upstream_path(route, &path);
@@ -213,6 +218,7 @@ impl App {
         let mut resp = Response::new(body::empty());
         if let Some(id) = identity {
             *resp.headers_mut() = self.identity.headers_for(&id).map_err(GatewayError::InvalidToken)?;
+            self.identity.assert(resp.headers_mut(), &id, self.signer.as_ref(), &route.path)?;
         }
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(resp)

@@ -140,6 +140,7 @@ struct RawIssuer {
     audience: String,
     jwks_url: String,
     algorithms: Vec<String>,
+    ca_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -313,8 +314,11 @@ pub struct JwtConfig {
 pub struct IssuerConfig {
     pub issuer: String,
     pub audience: String,
+    /// An https URL, or an absolute file path.
     pub jwks_url: String,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// PEM roots trusted for this JWKS fetch instead of the public (webpki) ones.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -499,6 +503,12 @@ impl Validator<'_> {
             TlsConfig { cert: self.path(&raw.tls.cert), key: self.path(&raw.tls.key), generate_self_signed: raw.tls.generate_self_signed };
         let jwt = self.jwt(raw.jwt)?;
         let identity = self.identity(raw.identity)?;
+        if identity.assertion_header.is_some() && (jwt.private_key.is_none() || key_source(jwt.algorithm) == KeySource::Secret) {
+            return Err(self.err(
+                "identity.assertion_header",
+                "needs an asymmetric jwt.private_key: upstreams verify the assertion with /.well-known/jwks.json",
+            ));
+        }
         let login = raw.login.map(|l| self.login(l)).transpose()?;
         let store = self.store(raw.store)?;
         if raw.routes.is_empty() {
@@ -621,6 +631,7 @@ impl Validator<'_> {
         if access_ttl < Duration::from_secs(1) {
             return Err(self.err("jwt.access_ttl", "must be at least 1s"));
         }
+        let issuers_seen = std::cell::RefCell::new(Vec::<String>::new());
         let issuers = j
             .issuers
             .into_iter()
@@ -650,7 +661,23 @@ impl Validator<'_> {
                 } else {
                     self.path(&iss.jwks_url).to_string_lossy().into_owned()
                 };
-                Ok(IssuerConfig { issuer: iss.issuer, audience: iss.audience, jwks_url, algorithms })
+                if iss.issuer.is_empty() {
+                    return Err(self.err(format!("{key}.issuer"), "must not be empty"));
+                }
+                if iss.issuer == j.issuer || issuers_seen.borrow().contains(&iss.issuer) {
+                    return Err(
+                        self.err(format!("{key}.issuer"), format!("{:?} is already configured: each issuer has one entry", iss.issuer))
+                    );
+                }
+                issuers_seen.borrow_mut().push(iss.issuer.clone());
+                if iss.audience.is_empty() {
+                    return Err(self.err(format!("{key}.audience"), "must not be empty"));
+                }
+                let ca_file = iss.ca_file.as_deref().map(|p| self.path(p));
+                if ca_file.is_some() && !jwks_url.starts_with("https://") {
+                    return Err(self.err(format!("{key}.ca_file"), "only used with an https:// jwks_url"));
+                }
+                Ok(IssuerConfig { issuer: iss.issuer, audience: iss.audience, jwks_url, algorithms, ca_file })
             })
             .collect::<R<Vec<_>>>()?;
         Ok(JwtConfig {

@@ -3,11 +3,16 @@
 //! every route); the verified identity is then written in their place.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::config::IdentityConfig;
-use crate::error::TokenError;
-use crate::jwt::Identity;
+use crate::error::{GatewayError, TokenError};
+use crate::jwt::{Identity, Signer};
+
+/// How long an assertion (`identity.assertion_header`) is valid.
+pub const ASSERTION_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Claims the assertion sets itself; a forwarded claim cannot replace them.
+const REGISTERED: [&str; 7] = ["sub", "iss", "aud", "iat", "exp", "nbf", "jti"];
 
 pub struct IdentityRules {
     config: IdentityConfig,
@@ -51,6 +56,29 @@ impl IdentityRules {
                 headers.insert(header.clone(), value);
             }
         }
+        Ok(())
+    }
+
+    /// `identity.assertion_header`: a JWT signed by our key, valid for
+    /// [`ASSERTION_TTL`], with `sub`, the claims forwarded as headers and
+    /// `aud` = the route's path, so that an upstream can check with
+    /// `/.well-known/jwks.json` that the request really came through us.
+    pub fn assert(&self, headers: &mut HeaderMap, identity: &Identity, signer: Option<&Signer>, route: &str) -> Result<(), GatewayError> {
+        let Some(name) = &self.config.assertion_header else { return Ok(()) };
+        // Config validation guarantees a signing key; be safe anyway.
+        let signer = signer.ok_or_else(|| GatewayError::Unavailable("identity.assertion_header needs a signing key".into()))?;
+        let claims: Map<String, Value> = self
+            .config
+            .claim_headers
+            .iter()
+            .filter_map(|(claim, _)| Some((claim.clone(), identity.claim(claim)?.clone())))
+            .filter(|(claim, _)| !REGISTERED.contains(&claim.as_str()))
+            .collect();
+        let token = signer
+            .sign_assertion(identity.sub(), &claims, route, ASSERTION_TTL)
+            .map_err(|e| GatewayError::Unavailable(format!("cannot sign the assertion: {e}")))?;
+        let value = HeaderValue::from_str(&token).map_err(|_| GatewayError::Unavailable("the assertion is not a header value".into()))?;
+        headers.insert(name.clone(), value);
         Ok(())
     }
 

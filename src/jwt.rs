@@ -155,20 +155,28 @@ impl Verifier {
             return Err(TokenError::Malformed);
         }
         let header = decode_part(h)?;
+        let message = &token[..h.len() + 1 + p.len()];
+        // Another issuer's token: chosen by its (not yet verified) `iss`,
+        // then verified in full with that issuer's keys, algorithms and
+        // audience. Our own issuer name always means our own keys.
+        if !self.keys.external.is_empty() {
+            let claims = decode_part(p)?;
+            if let Some(Value::String(iss)) = claims.get("iss")
+                && *iss != self.issuer
+                && let Some(ext) = self.keys.external.iter().find(|e| e.config.issuer == *iss)
+            {
+                check_header(&header)?;
+                ext.verify(&header, message, s)?;
+                let (issuer, audience) = (&ext.config.issuer, &ext.config.audience);
+                return check_claims(claims, now, self.leeway, issuer, audience);
+            }
+        }
         // The algorithm is ours to choose, not the token's: compare the exact string.
         if header.get("alg").and_then(Value::as_str) != Some(self.alg_name.as_str()) {
             return Err(TokenError::Algorithm);
         }
-        if header.contains_key("crit") {
-            return Err(TokenError::Critical);
-        }
-        match header.get("typ") {
-            None => {}
-            Some(Value::String(t)) if ["jwt", "at+jwt", "application/at+jwt"].contains(&t.to_ascii_lowercase().as_str()) => {}
-            Some(_) => return Err(TokenError::Type),
-        }
+        check_header(&header)?;
         // jwk/jku/x5u/x5c in the header are never used to find a key.
-        let message = &token[..h.len() + 1 + p.len()];
         // `kid` is only a hint: another issuer's tokens (verify-only
         // `public_key`) name keys their own way, so an unknown kid falls back
         // to every configured key. Either way, only our keys can verify.
@@ -199,48 +207,73 @@ impl Verifier {
             return Err(TokenError::Signature);
         }
         let claims = decode_part(p)?;
-        self.check_claims(claims, now)
+        check_claims(claims, now, self.leeway, &self.issuer, &self.audience)
     }
 
-    fn check_claims(&self, claims: Map<String, Value>, now: u64) -> Result<Identity, TokenError> {
-        let exp = numeric_date(claims.get("exp").ok_or(TokenError::MissingClaim)?)?;
-        if now > exp.saturating_add(self.leeway) {
-            return Err(TokenError::Expired);
-        }
-        if let Some(nbf) = claims.get("nbf")
-            && numeric_date(nbf)? > now.saturating_add(self.leeway)
-        {
-            return Err(TokenError::NotYetValid);
-        }
-        let iat = claims.get("iat").map(numeric_date).transpose()?;
-        match claims.get("iss") {
-            Some(Value::String(iss)) if *iss == self.issuer => {}
-            Some(_) => return Err(TokenError::Issuer),
-            None => return Err(TokenError::MissingClaim),
-        }
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => *a == self.audience,
-            // RFC 7519 §4.1.3: an array of strings; anything else in it is malformed.
-            Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().any(|v| v.as_str() == Some(&self.audience)),
-            Some(Value::Array(_)) => return Err(TokenError::Malformed),
-            Some(_) => false,
-            None => return Err(TokenError::MissingClaim),
-        };
-        if !aud_ok {
-            return Err(TokenError::Audience);
-        }
-        let sub = match claims.get("sub") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            Some(_) => return Err(TokenError::Malformed),
-            None => return Err(TokenError::MissingClaim),
-        };
-        let jti = match claims.get("jti") {
-            Some(Value::String(j)) => Some(j.clone()),
-            Some(_) => return Err(TokenError::Malformed),
-            None => None,
-        };
-        Ok(Identity { sub, exp, iat, jti, claims })
+    /// The external issuers (`[[jwt.issuers]]`).
+    pub fn issuers(&self) -> &[std::sync::Arc<crate::jwks::Issuer>] {
+        &self.keys.external
     }
+
+    /// Starts the background JWKS refresh of each external issuer (needs a runtime).
+    pub fn spawn_refresh(&self) {
+        for issuer in &self.keys.external {
+            issuer.spawn_refresh();
+        }
+    }
+}
+
+/// `crit` is refused (we implement no extension); `typ`, when present, must
+/// say JWT or access token.
+fn check_header(header: &Map<String, Value>) -> Result<(), TokenError> {
+    if header.contains_key("crit") {
+        return Err(TokenError::Critical);
+    }
+    match header.get("typ") {
+        None => Ok(()),
+        Some(Value::String(t)) if ["jwt", "at+jwt", "application/at+jwt"].contains(&t.to_ascii_lowercase().as_str()) => Ok(()),
+        Some(_) => Err(TokenError::Type),
+    }
+}
+
+fn check_claims(claims: Map<String, Value>, now: u64, leeway: u64, issuer: &str, audience: &str) -> Result<Identity, TokenError> {
+    let exp = numeric_date(claims.get("exp").ok_or(TokenError::MissingClaim)?)?;
+    if now > exp.saturating_add(leeway) {
+        return Err(TokenError::Expired);
+    }
+    if let Some(nbf) = claims.get("nbf")
+        && numeric_date(nbf)? > now.saturating_add(leeway)
+    {
+        return Err(TokenError::NotYetValid);
+    }
+    let iat = claims.get("iat").map(numeric_date).transpose()?;
+    match claims.get("iss") {
+        Some(Value::String(iss)) if *iss == issuer => {}
+        Some(_) => return Err(TokenError::Issuer),
+        None => return Err(TokenError::MissingClaim),
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => *a == audience,
+        // RFC 7519 §4.1.3: an array of strings; anything else in it is malformed.
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a.iter().any(|v| v.as_str() == Some(audience)),
+        Some(Value::Array(_)) => return Err(TokenError::Malformed),
+        Some(_) => false,
+        None => return Err(TokenError::MissingClaim),
+    };
+    if !aud_ok {
+        return Err(TokenError::Audience);
+    }
+    let sub = match claims.get("sub") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(_) => return Err(TokenError::Malformed),
+        None => return Err(TokenError::MissingClaim),
+    };
+    let jti = match claims.get("jti") {
+        Some(Value::String(j)) => Some(j.clone()),
+        Some(_) => return Err(TokenError::Malformed),
+        None => None,
+    };
+    Ok(Identity { sub, exp, iat, jti, claims })
 }
 
 /// Mints tokens with the configured signing key.
@@ -309,7 +342,31 @@ impl Signer {
         Ok(Minted { token, jti, exp })
     }
 
-    /// Signs arbitrary claims (the assertion header) with the same key.
+    /// A short-lived token vouching that a request came through authgate
+    /// (`identity.assertion_header`): `sub`, the forwarded `claims`, our
+    /// `iss`, `aud` = the route, `iat` and `exp`.
+    pub fn sign_assertion(
+        &self,
+        sub: &str,
+        claims: &Map<String, Value>,
+        audience: &str,
+        ttl: std::time::Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = now_secs();
+        let mut all = claims.clone();
+        for (k, v) in [
+            ("sub", Value::from(sub)),
+            ("iss", Value::from(self.issuer.as_str())),
+            ("aud", Value::from(audience)),
+            ("iat", Value::from(now)),
+            ("exp", Value::from(now + ttl.as_secs())),
+        ] {
+            all.insert(k.into(), v);
+        }
+        self.sign_claims(&all)
+    }
+
+    /// Signs arbitrary claims with the same key.
     pub fn sign_claims(&self, claims: &Map<String, Value>) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());

@@ -31,6 +31,8 @@ pub struct KeySet {
     /// Current key first, then `previous_keys`.
     pub verify: Vec<VerifyKey>,
     pub sign: Option<SignKey>,
+    /// `[[jwt.issuers]]`: identity providers whose tokens verify beside ours.
+    pub external: Vec<std::sync::Arc<crate::jwks::Issuer>>,
 }
 
 impl KeySet {
@@ -45,8 +47,19 @@ fn err(config: &Config, key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError { file: config.file.clone(), key: key.into(), message: message.into() }
 }
 
-/// Loads (and in dev, generates) the keys the config names.
+/// Loads (and in dev, generates) the keys the config names, and sets up
+/// the external issuers (their JWKS files are read now; URLs are fetched
+/// once the gateway runs).
 pub fn load(config: &Config) -> Result<KeySet, ConfigError> {
+    let mut keys = load_own(config)?;
+    for (i, iss) in config.jwt.issuers.iter().enumerate() {
+        let issuer = crate::jwks::Issuer::new(iss.clone()).map_err(|m| err(config, &format!("jwt.issuers[{i}].ca_file"), m))?;
+        keys.external.push(std::sync::Arc::new(issuer));
+    }
+    Ok(keys)
+}
+
+fn load_own(config: &Config) -> Result<KeySet, ConfigError> {
     let jwt = &config.jwt;
     let alg = jwt.algorithm;
     if key_source(alg) == KeySource::Secret {
@@ -58,6 +71,7 @@ pub fn load(config: &Config) -> Result<KeySet, ConfigError> {
             algorithm: alg,
             verify: vec![VerifyKey { kid: kid.clone(), key, jwk: None }],
             sign: Some(SignKey { kid, key: sign_key }),
+            external: Vec::new(),
         });
     }
 
@@ -86,7 +100,7 @@ pub fn load(config: &Config) -> Result<KeySet, ConfigError> {
             verify.push(vk);
         }
     }
-    Ok(KeySet { algorithm: alg, verify, sign })
+    Ok(KeySet { algorithm: alg, verify, sign, external: Vec::new() })
 }
 
 fn read_secret(config: &Config, jwt: &JwtConfig) -> Result<Vec<u8>, ConfigError> {
@@ -122,7 +136,7 @@ pub fn thumbprint(required: &Value) -> String {
     B64.encode(digest.as_ref())
 }
 
-fn alg_name(alg: Algorithm) -> &'static str {
+pub fn alg_name(alg: Algorithm) -> &'static str {
     use Algorithm::*;
     match alg {
         HS256 => "HS256",

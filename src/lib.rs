@@ -16,6 +16,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod identity;
+pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod login;

@@ -3,6 +3,7 @@
 //! and a real upstream HTTP server that records what it received.
 #![allow(dead_code)]
 
+pub mod idp;
 pub mod redis;
 
 use std::convert::Infallible;
