@@ -1,32 +1,59 @@
 //! Shared state and the per-request pipeline, phase by phase: check the
-//! head, normalise the path, answer our own endpoints, match the route,
-//! strip identity headers, authenticate, authorise, add identity, forward.
+//! head, normalise the path, answer CORS preflights and our own endpoints,
+//! match the route, strip identity headers, authenticate, rate-limit, add
+//! identity, forward. The outer handler logs the access line, counts
+//! metrics and turns an error into its answer.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{self, Body};
 use crate::config::{AuthMode, Config, RouteConfig, Upstream};
+use crate::cookies;
+use crate::cors::Cors;
 use crate::error::{GatewayError, TokenError};
 use crate::identity::IdentityRules;
 use crate::jwt::{Identity, Signer, Verifier, now_secs};
+use crate::login::Endpoint;
+use crate::metrics::Metrics;
 use crate::proxy::{self, Forwarded, UpstreamClient};
 use crate::revocation::Denylist;
-use crate::routes::{RouteTable, normalise_path, upstream_path};
+use crate::route_limit::Key;
+use crate::routes::{Route, RouteTable, normalise_path, upstream_path};
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub const VERIFY_PATH: &str = "/auth/verify";
 static X_FORWARDED_URI: http::HeaderName = http::HeaderName::from_static("x-forwarded-uri");
 static X_ORIGINAL_URI: http::HeaderName = http::HeaderName::from_static("x-original-uri");
+static X_FORWARDED_METHOD: http::HeaderName = http::HeaderName::from_static("x-forwarded-method");
+static X_ORIGINAL_METHOD: http::HeaderName = http::HeaderName::from_static("x-original-method");
+/// The access log's tracing target: `RUST_LOG=authgate::access=off` silences it.
+pub const ACCESS_LOG: &str = "authgate::access";
 
 /// Facts about one client connection, shared by its requests.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+}
+
+/// What the access log and the metrics need to know about one request,
+/// filled in by the pipeline as it goes.
+pub struct Trace {
+    pub client: IpAddr,
+    /// The normalised path (the raw one when it could not be normalised);
+    /// never the query string.
+    pub path: String,
+    pub route: Option<Arc<String>>,
+    pub identity: Option<Identity>,
+    pub upstream: Option<Duration>,
+    /// A `{login.path}` grant (counted in `login_attempts`).
+    pub login: bool,
 }
 
 /// Everything a request needs, built once from the config.
@@ -44,6 +71,9 @@ pub struct App {
     pub login: Option<crate::login::Login>,
     /// How far the denylist has read the store's revocations.
     pub revocation_cursor: std::sync::Mutex<crate::store::Cursor>,
+    /// Shared with every App that replaces this one on reload.
+    pub metrics: Arc<Metrics>,
+    pub cors: Option<Cors>,
     jwks: Bytes,
 }
 
@@ -62,38 +92,103 @@ impl App {
             store: Arc::new(crate::store::memory::MemoryStore::default()),
             login: None,
             revocation_cursor: Default::default(),
+            metrics: Arc::new(Metrics::new()),
+            cors: config.cors.as_ref().map(Cors::new),
             jwks,
             config,
         }
     }
 
-    /// Starts the background upkeep (denylist sync, pruning). Needs a runtime.
+    /// Starts the background upkeep (denylist sync, pruning). Needs a
+    /// runtime. The tasks hold the App weakly: they end once a reload has
+    /// replaced it and its last request is done.
     pub fn spawn_background(self: &Arc<Self>) {
         tokio::spawn(crate::store::maintain(Arc::downgrade(self)));
         self.verifier.spawn_refresh();
-    }
-
-    /// The outer handler: runs the pipeline, turns an error into its answer.
-    pub async fn handle(self: Arc<Self>, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
-        let method = req.method().clone();
-        match self.pipeline(conn, req).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                match &err {
-                    GatewayError::BadGateway(detail) => tracing::warn!(peer = %conn.peer, %method, %detail, "upstream failed"),
-                    GatewayError::GatewayTimeout => tracing::warn!(peer = %conn.peer, %method, "upstream timed out"),
-                    GatewayError::Unavailable(detail) => tracing::warn!(peer = %conn.peer, %detail, "unavailable"),
-                    e => tracing::debug!(peer = %conn.peer, %method, error = %e, "refused"),
-                }
-                err.into_response()
-            }
+        if self.routes.iter().any(|r| r.limiter.is_some()) {
+            tokio::spawn(prune_route_limits(Arc::downgrade(self)));
         }
     }
 
-    async fn pipeline(&self, conn: ConnInfo, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
-        self.check_head(&req)?;
-        let path = normalise_path(req.uri().path()).map_err(|e| GatewayError::BadRequest(e.description()))?;
+    /// Readiness (`/readyz`): keys loaded and the store answering.
+    pub async fn ready(&self) -> Result<(), String> {
+        if self.verifier.keys().verify.is_empty() {
+            return Err("no verification key is loaded".into());
+        }
+        let ping = crate::store::blocking(&self.store, |s| s.ping());
+        let answer = match tokio::time::timeout(Duration::from_secs(2), ping).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the store did not answer within 2s".into(),
+        };
+        self.metrics.store_errors.inc();
+        Err(answer)
+    }
 
+    /// The outer handler: runs the pipeline, turns an error into its
+    /// answer, adds CORS headers, counts and logs the request once.
+    pub async fn handle(self: Arc<Self>, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let origin = self.cors.as_ref().and_then(|_| req.headers().get(header::ORIGIN).cloned());
+        let mut t = Trace {
+            client: self.client_ip(conn.peer, req.headers()),
+            path: String::new(),
+            route: None,
+            identity: None,
+            upstream: None,
+            login: false,
+        };
+        let result = self.pipeline(&mut t, req).await;
+        self.count(&t, result.as_ref().err());
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(err) => {
+                match &err {
+                    GatewayError::BadGateway(detail) => tracing::warn!(client = %t.client, %method, %detail, "upstream failed"),
+                    GatewayError::GatewayTimeout => tracing::warn!(client = %t.client, %method, "upstream timed out"),
+                    GatewayError::Unavailable(detail) => tracing::warn!(client = %t.client, %detail, "unavailable"),
+                    GatewayError::Store(error) => tracing::warn!(client = %t.client, %error, "store failed"),
+                    e => tracing::debug!(client = %t.client, %method, error = %e, "refused"),
+                }
+                err.into_response()
+            }
+        };
+        if let Some(cors) = &self.cors {
+            cors.decorate(origin.as_ref(), resp.headers_mut());
+        }
+        let route = t.route.as_ref().unwrap_or(&self.metrics.none);
+        self.metrics.request(route, resp.status().as_u16());
+        tracing::info!(
+            target: ACCESS_LOG,
+            client = %t.client,
+            method = %method,
+            path = %t.path,
+            route = %route,
+            status = resp.status().as_u16(),
+            sub = t.identity.as_ref().map(Identity::sub),
+            latency_ms = millis(started.elapsed()),
+            upstream_ms = t.upstream.map(millis),
+            bytes = resp.body().size_hint().exact(),
+            "request"
+        );
+        resp
+    }
+
+    async fn pipeline(&self, t: &mut Trace, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+        self.check_head(&req)?;
+        t.path = match normalise_path(req.uri().path()) {
+            Ok(p) => p,
+            Err(e) => {
+                t.path = req.uri().path().to_owned();
+                return Err(GatewayError::BadRequest(e.description()));
+            }
+        };
+        let path = t.path.as_str();
+
+        if let Some(preflight) = self.cors.as_ref().and_then(|c| c.preflight(req.method(), req.headers())) {
+            return Ok(preflight);
+        }
         if path == JWKS_PATH && self.config.jwt.algorithm_is_asymmetric() {
             let mut resp = json_response(StatusCode::OK, self.jwks.clone());
             // Verifiers may cache it; a rotation publishes the next key ahead (README).
@@ -101,21 +196,25 @@ impl App {
             return Ok(resp);
         }
         if path == VERIFY_PATH {
-            return self.forward_auth(req.headers());
+            return self.forward_auth(&req);
         }
-        if let Some((login, endpoint)) = self.login.as_ref().and_then(|l| Some((l, l.endpoint(&path)?))) {
-            let client = self.client_ip(conn.peer, req.headers());
-            return crate::login::handle(self, login, endpoint, client, req).await;
+        if let Some((login, endpoint)) = self.login.as_ref().and_then(|l| Some((l, l.endpoint(path)?))) {
+            t.login = endpoint == Endpoint::Token;
+            return crate::login::handle(self, login, endpoint, t.client, req).await;
         }
 
-        let route = self.routes.match_route(&path).ok_or(GatewayError::NotFound)?;
+        let route = self.routes.match_route(path).ok_or(GatewayError::NotFound)?;
+        t.route = Some(route.label.clone());
         self.identity.strip(req.headers_mut());
+        self.check_cookie_origin(route, req.method(), req.headers(), request_host(&req))?;
         let identity = self.authenticate(route, req.headers())?;
+        self.rate_limit(route, identity.as_ref(), t.client)?;
+        // The token in authgate's cookies never reaches an upstream.
+        cookies::strip(req.headers_mut());
 
-        let fwd = Forwarded { peer: self.client_ip(conn.peer, req.headers()), host: None };
         let host =
             req.headers().get(header::HOST).cloned().or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let fwd = Forwarded { host: host.as_ref(), ..fwd };
+        let fwd = Forwarded { peer: t.client, host: host.as_ref() };
         let upgrade = proxy::wants_upgrade(&req).then(|| req.headers().get(header::UPGRADE).cloned()).flatten();
         proxy::rewrite_headers(req.headers_mut(), &fwd, upgrade, self.config.identity.forward_authorization);
         // After the hop-by-hop removal, so that a client's `Connection:
@@ -124,8 +223,9 @@ impl App {
             self.identity.apply(req.headers_mut(), id).map_err(GatewayError::InvalidToken)?;
             self.identity.assert(req.headers_mut(), id, self.signer.as_ref(), &route.path)?;
         }
+        t.identity = identity;
 
-        let target = upstream_path(route, &path);
+        let target = upstream_path(route, path);
         match &route.upstream {
             Upstream::Echo => Ok(proxy::echo(&req, target, req.uri().query())),
             Upstream::Http { authority, base } => {
@@ -137,9 +237,93 @@ impl App {
                     pq.push_str(q);
                 }
                 proxy::retarget(&mut req, authority, &pq)?;
-                proxy::forward(&self.client, req, self.config.server.upstream_timeout).await
+                let sent = Instant::now();
+                let resp = proxy::forward(&self.client, req, self.config.server.upstream_timeout).await;
+                let took = sent.elapsed();
+                t.upstream = Some(took);
+                self.metrics.upstream(&route.label, took.as_secs_f64());
+                resp
             }
         }
+    }
+
+    /// Metrics that depend on how the pipeline ended.
+    fn count(&self, t: &Trace, err: Option<&GatewayError>) {
+        let m = &self.metrics;
+        match err {
+            Some(GatewayError::Unauthorized) => m.auth_failure("missing"),
+            Some(GatewayError::InvalidToken(e)) => m.auth_failure(e.reason()),
+            Some(GatewayError::InsufficientScope) => m.auth_failure("insufficient_scope"),
+            Some(GatewayError::Forbidden(_)) => m.auth_failure("cross_origin"),
+            Some(GatewayError::RateLimited { .. }) => m.rate_limited(if t.login { &m.login } else { t.route.as_ref().unwrap_or(&m.none) }),
+            Some(GatewayError::Store(_)) => {
+                m.store_errors.inc();
+            }
+            _ => {}
+        }
+        if t.login {
+            m.login(match err {
+                None => "success",
+                Some(GatewayError::OAuth { error, .. }) => error,
+                Some(GatewayError::RateLimited { .. }) => "rate_limited",
+                Some(GatewayError::Unavailable(_) | GatewayError::Store(_)) => "unavailable",
+                Some(_) => "bad_request",
+            });
+        }
+    }
+
+    /// `routes.rate_limit`: per verified subject, or per client IP without one.
+    fn rate_limit(&self, route: &Route, identity: Option<&Identity>, client: IpAddr) -> Result<(), GatewayError> {
+        let Some(limiter) = &route.limiter else { return Ok(()) };
+        let key = match identity {
+            Some(id) => Key::Subject(id.sub().to_owned()),
+            None => Key::Ip(client),
+        };
+        limiter.check(&key).map_err(|retry_after_secs| GatewayError::RateLimited { retry_after_secs })
+    }
+
+    fn cookie_mode(&self) -> bool {
+        self.login.as_ref().is_some_and(|l| l.config.cookie)
+    }
+
+    /// CSRF defence: a state-changing request that authenticates with
+    /// authgate's cookie (no `Authorization`) must come from an allowed
+    /// origin or the gateway's own. A browser attaches cookies to requests
+    /// other sites trigger; it does not let them set `Origin`.
+    fn check_cookie_origin(
+        &self,
+        route: &RouteConfig,
+        method: &Method,
+        headers: &HeaderMap,
+        host: Option<&str>,
+    ) -> Result<(), GatewayError> {
+        if route.auth == AuthMode::Public || cookies::is_safe(method) {
+            return Ok(());
+        }
+        match self.presented_token(headers)? {
+            Some((_, true)) if !self.cookie_origin_ok(headers, host) => {
+                Err(GatewayError::Forbidden("a request authenticated by cookie must come from an allowed Origin"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Is the request's `Origin` (or `Referer`) listed in `[cors]
+    /// allowed_origins` or the gateway's own `https://{host}`?
+    pub fn cookie_origin_ok(&self, headers: &HeaderMap, host: Option<&str>) -> bool {
+        cookies::same_or_allowed_origin(headers, host, |o| self.cors.as_ref().is_some_and(|c| c.origin_listed(o)))
+    }
+
+    /// The token a request presents: `Authorization: Bearer`, else (with
+    /// `login.cookie`) authgate's access cookie. true: it came from the cookie.
+    fn presented_token<'h>(&self, headers: &'h HeaderMap) -> Result<Option<(&'h str, bool)>, GatewayError> {
+        if let Some(t) = bearer_token(headers)? {
+            return Ok(Some((t, false)));
+        }
+        if self.cookie_mode() {
+            return Ok(cookies::get(headers, cookies::ACCESS).map(|t| (t, true)));
+        }
+        Ok(None)
     }
 
     /// Header section limits, answered with our JSON 431. hyper enforces a
@@ -149,12 +333,32 @@ impl App {
         if req.headers().len() > s.max_headers {
             return Err(GatewayError::HeaderTooLarge);
         }
-        let size: usize = req.uri().to_string().len() + req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+        let uri = req.uri();
+        let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+            + uri.authority().map_or(0, |a| a.as_str().len())
+            + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+        let size: usize = target + req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
         if size > s.max_header_bytes {
             return Err(GatewayError::HeaderTooLarge);
         }
         if req.method() == Method::CONNECT {
             return Err(GatewayError::BadRequest("CONNECT is not supported"));
+        }
+        // RFC 9112 §3.2: exactly one Host in HTTP/1.1; RFC 9113 §8.3.1: in
+        // HTTP/2 it must name the :authority. Otherwise X-Forwarded-Host and
+        // the logs would hold whichever copy their reader picked.
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let (host, another) = (hosts.next(), hosts.next());
+        let bad_host = another.is_some()
+            || match req.version() {
+                http::Version::HTTP_11 => host.is_none(),
+                http::Version::HTTP_2 => {
+                    matches!((host, uri.authority()), (Some(h), Some(a)) if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()))
+                }
+                _ => false,
+            };
+        if bad_host {
+            return Err(GatewayError::BadRequest("the request needs one Host header, naming its authority"));
         }
         Ok(())
     }
@@ -182,8 +386,8 @@ impl App {
         if route.auth == AuthMode::Public {
             return Ok(None);
         }
-        let token = match bearer_token(headers)? {
-            Some(t) => t,
+        let token = match self.presented_token(headers)? {
+            Some((t, _)) => t,
             None if route.auth == AuthMode::Optional => return Ok(None),
             None => return Err(GatewayError::Unauthorized),
         };
@@ -202,8 +406,11 @@ impl App {
 
     /// `GET /auth/verify` for nginx `auth_request` and Traefik ForwardAuth:
     /// the route is the one of the original URI, the answer 200 with the
-    /// identity headers or the proxy's own 401/403.
-    fn forward_auth(&self, headers: &HeaderMap) -> Result<Response<Body>, GatewayError> {
+    /// identity headers or the proxy's own 401/403. The original method
+    /// (`X-Forwarded-Method`, `X-Original-Method`) and host
+    /// (`X-Forwarded-Host`) feed the cookie CSRF rule.
+    fn forward_auth(&self, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+        let headers = req.headers();
         let original = headers.get(&X_FORWARDED_URI).or_else(|| headers.get(&X_ORIGINAL_URI));
         let path = match original {
             Some(v) => {
@@ -214,6 +421,13 @@ impl App {
             None => "/".to_string(),
         };
         let route = self.routes.match_route(&path).ok_or(GatewayError::NotFound)?;
+        let method = headers
+            .get(&X_FORWARDED_METHOD)
+            .or_else(|| headers.get(&X_ORIGINAL_METHOD))
+            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+            .unwrap_or_else(|| req.method().clone());
+        let host = headers.get(&proxy::X_FORWARDED_HOST).and_then(|h| h.to_str().ok()).or_else(|| request_host(req));
+        self.check_cookie_origin(route, &method, headers, host)?;
         let identity = self.authenticate(route, headers)?;
         let mut resp = Response::new(body::empty());
         if let Some(id) = identity {
@@ -222,6 +436,26 @@ impl App {
         }
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(resp)
+    }
+}
+
+/// The host the client addressed: `Host`, or the HTTP/2 `:authority`.
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+/// Drops replenished keys of the route rate limiters, like the login ones.
+async fn prune_route_limits(app: std::sync::Weak<App>) {
+    let mut tick = tokio::time::interval(crate::store::PRUNE_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        app.routes.prune_limiters();
     }
 }
 

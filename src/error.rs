@@ -75,6 +75,10 @@ pub enum GatewayError {
     InvalidToken(TokenError),
     #[error("role or scope missing")]
     InsufficientScope,
+    /// Refused whatever the token: a cookie-authenticated state-changing
+    /// request from an origin that is not allowed (CSRF).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     #[error("no route")]
     NotFound,
     #[error("method not allowed")]
@@ -89,6 +93,9 @@ pub enum GatewayError {
     BadGateway(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The store failed (counted in the `store_errors` metric).
+    #[error("unavailable: {0}")]
+    Store(#[from] crate::store::StoreError),
     #[error("upstream timed out")]
     GatewayTimeout,
     /// RFC 6749 §5.2 errors of the token endpoint (400, or 401 for invalid_client).
@@ -106,14 +113,14 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::Unauthorized | GatewayError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::InsufficientScope => StatusCode::FORBIDDEN,
+            GatewayError::InsufficientScope | GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            GatewayError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Unavailable(_) | GatewayError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::OAuth { error: "invalid_client", .. } => StatusCode::UNAUTHORIZED,
             GatewayError::OAuth { .. } => StatusCode::BAD_REQUEST,
@@ -126,13 +133,14 @@ impl GatewayError {
             GatewayError::Unauthorized => ("unauthorized", "a bearer token is required"),
             GatewayError::InvalidToken(e) => ("invalid_token", e.description()),
             GatewayError::InsufficientScope => ("insufficient_scope", "the token lacks the role or scope this route requires"),
+            GatewayError::Forbidden(d) => ("forbidden", d),
             GatewayError::NotFound => ("not_found", "no route matches this path"),
             GatewayError::MethodNotAllowed(d) => ("method_not_allowed", d),
             GatewayError::PayloadTooLarge => ("payload_too_large", "the request body is too large"),
             GatewayError::RateLimited { .. } => ("rate_limited", "too many requests; retry later"),
             GatewayError::HeaderTooLarge => ("request_header_fields_too_large", "the request header section is too large"),
             GatewayError::BadGateway(_) => ("bad_gateway", "the upstream could not be reached or answered badly"),
-            GatewayError::Unavailable(_) => ("unavailable", "a backing service is unavailable; retry later"),
+            GatewayError::Unavailable(_) | GatewayError::Store(_) => ("unavailable", "a backing service is unavailable; retry later"),
             GatewayError::GatewayTimeout => ("gateway_timeout", "the upstream did not answer in time"),
             GatewayError::OAuth { error, description } => (error, description),
         }
@@ -163,7 +171,7 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after_secs } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from((*retry_after_secs).max(1)));
             }
-            GatewayError::Unavailable(_) => {
+            GatewayError::Unavailable(_) | GatewayError::Store(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             GatewayError::MethodNotAllowed(_) => {

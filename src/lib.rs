@@ -3,26 +3,38 @@
 //!
 //! A request flows through `server` (accept, TLS, HTTP/1.1 or HTTP/2) into
 //! `app::App::handle`, which runs the pipeline in order:
-//! head limits -> `routes::normalise_path` -> our own endpoints (`/token`,
-//! JWKS, `/auth/verify`) -> `routes` match -> `identity::strip` ->
-//! `jwt::Verifier::verify` + `revocation` -> roles/scopes ->
-//! `identity::apply` -> `proxy::forward` (or the `echo` upstream).
-//! Every failure becomes one `error::GatewayError`, answered in one place.
+//! head limits -> `routes::normalise_path` -> `cors` preflight -> our own
+//! endpoints (`/token`, JWKS, `/auth/verify`) -> `routes` match ->
+//! `identity::strip` -> cookie CSRF rule -> `jwt::Verifier::verify` +
+//! `revocation` -> roles/scopes -> `route_limit` -> `identity::apply` ->
+//! `proxy::forward` (or the `echo` upstream).
+//! Every failure becomes one `error::GatewayError`, answered in one place;
+//! the outer handler writes the access log line and the `metrics`.
+//!
+//! The server holds the current `App` in an `ArcSwap`: `reload` builds a
+//! new one (SIGHUP, or file changes with `server.watch`) and swaps it in;
+//! `admin` serves health and metrics on a plain side listener.
 
+pub mod admin;
 pub mod app;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod cookies;
+pub mod cors;
 pub mod error;
 pub mod identity;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod login;
+pub mod metrics;
 pub mod proxy;
 pub mod rate_limit;
+pub mod reload;
 pub mod revocation;
+pub mod route_limit;
 pub mod routes;
 pub mod server;
 pub mod store;
@@ -35,8 +47,26 @@ use std::sync::Arc;
 /// when asked), route table, upstream client, the store and the denylist
 /// loaded from it, the users file and login.
 pub fn build_app(config: config::Config) -> anyhow::Result<app::App> {
+    build_app_with(config, None)
+}
+
+/// What a reload hands from the running App to the one replacing it.
+pub struct Carried {
+    pub metrics: Arc<metrics::Metrics>,
+    pub denylist: Arc<revocation::Denylist>,
+    /// The open store and how far the denylist has read it; None when
+    /// `[store]` changed and the new one must be opened.
+    pub store: Option<(Arc<dyn store::Store>, store::Cursor)>,
+}
+
+/// `build_app`, keeping what `carried` holds instead of starting afresh.
+pub fn build_app_with(config: config::Config, carried: Option<Carried>) -> anyhow::Result<app::App> {
     let keys = keys::load(&config)?;
-    let store = store::open(&config)?;
+    let metrics = carried.as_ref().map_or_else(|| Arc::new(metrics::Metrics::new()), |c| c.metrics.clone());
+    let (store, cursor) = match carried.as_ref().and_then(|c| c.store.clone()) {
+        Some(open) => open,
+        None => (store::open(&config)?, store::Cursor::default()),
+    };
     let login = match &config.login {
         Some(l) => {
             let users = users::load(&l.users_file)?;
@@ -56,9 +86,10 @@ pub fn build_app(config: config::Config) -> anyhow::Result<app::App> {
         }
         None => None,
     };
-    let denylist = Arc::new(revocation::Denylist::default());
-    let cursor = store::load_into(store.as_ref(), &denylist, store::Cursor::default())?;
+    let denylist = carried.map_or_else(|| Arc::new(revocation::Denylist::default()), |c| c.denylist);
+    let cursor = store::load_into(store.as_ref(), &denylist, cursor)?;
     let mut app = app::App::new(config, keys, denylist);
+    app.metrics = metrics;
     app.store = store;
     app.login = login;
     app.revocation_cursor = std::sync::Mutex::new(cursor);

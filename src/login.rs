@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use crate::app::App;
 use crate::body::{self, Body};
 use crate::config::LoginConfig;
+use crate::cookies;
 use crate::error::GatewayError;
 use crate::jwt::{now_secs, random_id};
 use crate::rate_limit::LoginLimits;
@@ -88,15 +89,42 @@ pub async fn handle(
     if !content_type.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(FORM) {
         return Err(oauth("invalid_request", "the body must be application/x-www-form-urlencoded"));
     }
+    let jar = Jar::read(app, login, &req);
     let body = crate::proxy::read_body_limited(req.into_body(), MAX_FORM_BYTES).await?;
     let form = parse_form(&body)?;
     match endpoint {
         Endpoint::Token => match form.get("grant_type").map(String::as_str).unwrap_or("password") {
             "password" => password_grant(app, login, client, &form).await,
-            "refresh_token" => refresh_grant(app, login, &form).await,
+            "refresh_token" => refresh_grant(app, login, &form, &jar).await,
             _ => Err(oauth("unsupported_grant_type", "grant_type must be password or refresh_token")),
         },
-        Endpoint::Revoke => revoke(app, &form).await,
+        Endpoint::Revoke => revoke(app, login, &form, &jar).await,
+    }
+}
+
+/// authgate's cookies on a login request (`login.cookie = true`): a browser
+/// cannot read them (HttpOnly), so they stand in for an absent
+/// `refresh_token` or `token` parameter, from an allowed origin only.
+#[derive(Default)]
+struct Jar {
+    access: Option<String>,
+    refresh: Option<String>,
+    origin_ok: bool,
+}
+
+const CROSS_ORIGIN: GatewayError = GatewayError::Forbidden("a request authenticated by cookie must come from an allowed Origin");
+
+impl Jar {
+    fn read(app: &App, login: &Login, req: &Request<Incoming>) -> Jar {
+        if !login.config.cookie {
+            return Jar::default();
+        }
+        let h = req.headers();
+        Jar {
+            access: cookies::get(h, cookies::ACCESS).map(String::from),
+            refresh: cookies::get(h, cookies::REFRESH).map(String::from),
+            origin_ok: app.cookie_origin_ok(h, crate::app::request_host(req)),
+        }
     }
 }
 
@@ -147,8 +175,13 @@ async fn password_grant(app: &App, login: &Login, client: IpAddr, form: &HashMap
     Ok(token_response(app, access, &refresh))
 }
 
-async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>) -> Result<Response<Body>, GatewayError> {
-    let presented = required(form, "refresh_token", "the refresh_token parameter is missing")?;
+async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>, jar: &Jar) -> Result<Response<Body>, GatewayError> {
+    let presented = match (form.get("refresh_token"), &jar.refresh) {
+        (Some(t), _) => t.as_str(),
+        (None, Some(_)) if !jar.origin_ok => return Err(CROSS_ORIGIN),
+        (None, Some(t)) => t.as_str(),
+        (None, None) => return Err(oauth("invalid_request", "the refresh_token parameter is missing")),
+    };
     let old = hash_token(presented);
     let refresh = random_id(32);
     let new = hash_token(&refresh);
@@ -171,9 +204,31 @@ async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>)
     }
 }
 
-/// RFC 7009: 200 for any well-formed request, known token or not.
-async fn revoke(app: &App, form: &HashMap<String, String>) -> Result<Response<Body>, GatewayError> {
-    let token = required(form, "token", "the token parameter is missing")?;
+/// RFC 7009: 200 for any well-formed request, known token or not. With
+/// `login.cookie`, no `token` parameter revokes the cookies' tokens, and the
+/// answer clears both cookies.
+async fn revoke(app: &App, login: &Login, form: &HashMap<String, String>, jar: &Jar) -> Result<Response<Body>, GatewayError> {
+    match form.get("token") {
+        Some(token) => revoke_token(app, token).await?,
+        None if jar.access.is_none() && jar.refresh.is_none() => {
+            return Err(oauth("invalid_request", "the token parameter is missing"));
+        }
+        None if !jar.origin_ok => return Err(CROSS_ORIGIN),
+        None => {
+            for token in jar.access.iter().chain(&jar.refresh) {
+                revoke_token(app, token).await?;
+            }
+        }
+    }
+    let mut resp = Response::new(body::empty());
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if login.config.cookie {
+        set_cookies(&mut resp, &login.config, None, None);
+    }
+    Ok(resp)
+}
+
+async fn revoke_token(app: &App, token: &str) -> Result<(), GatewayError> {
     // Our refresh tokens are base64url (no dots); access tokens are JWTs.
     if token.contains('.') {
         if let Ok(id) = app.verifier.verify(token, now_secs())
@@ -192,9 +247,7 @@ async fn revoke(app: &App, form: &HashMap<String, String>) -> Result<Response<Bo
             tracing::info!("refresh token family revoked");
         }
     }
-    let mut resp = Response::new(body::empty());
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    Ok(())
 }
 
 /// An access token for `user`: roles, the users-file claims, and an `iat`
@@ -214,7 +267,7 @@ async fn mint(app: &App, user: &User) -> Result<crate::jwt::Minted, GatewayError
 
 fn token_response(app: &App, access: crate::jwt::Minted, refresh: &str) -> Response<Body> {
     let json = json!({
-        "access_token": access.token,
+        "access_token": &access.token,
         "token_type": "bearer",
         "expires_in": app.config.jwt.access_ttl.as_secs(),
         "refresh_token": refresh,
@@ -222,9 +275,26 @@ fn token_response(app: &App, access: crate::jwt::Minted, refresh: &str) -> Respo
     let mut resp = crate::app::json_response(StatusCode::OK, Bytes::from(json.to_string()));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    if let Some(login) = app.login.as_ref().filter(|l| l.config.cookie) {
+        set_cookies(&mut resp, &login.config, Some((&access.token, app.config.jwt.access_ttl)), Some(refresh));
+    }
     resp
 }
 
+/// `Set-Cookie` for the access token (Path=/) and the refresh token
+/// (Path={login.path}, which covers `/revoke`); None clears the cookie.
+fn set_cookies(resp: &mut Response<Body>, login: &LoginConfig, access: Option<(&str, std::time::Duration)>, refresh: Option<&str>) {
+    let h = resp.headers_mut();
+    let access_ttl = access.map_or(std::time::Duration::ZERO, |(_, ttl)| ttl);
+    let cookies = [
+        cookies::set(cookies::ACCESS, access.map(|(t, _)| t), "/", access_ttl),
+        cookies::set(cookies::REFRESH, refresh, &login.path, login.refresh_ttl),
+    ];
+    for c in cookies.into_iter().flatten() {
+        h.append(header::SET_COOKIE, c);
+    }
+}
+
 fn unavailable(e: store::StoreError) -> GatewayError {
-    GatewayError::Unavailable(e.to_string())
+    GatewayError::Store(e)
 }

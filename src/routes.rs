@@ -2,7 +2,11 @@
 //! segment boundary wins, matched on the same normalised path the upstream
 //! will receive.
 
+use std::ops::Deref;
+use std::sync::Arc;
+
 use crate::config::RouteConfig;
+use crate::route_limit::RouteLimiter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
@@ -118,24 +122,68 @@ pub fn normalise_path(raw: &str) -> Result<String, PathError> {
     Ok(path)
 }
 
+/// One entry of the route table: the route as configured, plus what the
+/// hot path needs prepared once (its label for metrics and the access log,
+/// its rate limiter).
+pub struct Route {
+    pub config: RouteConfig,
+    pub label: Arc<String>,
+    pub limiter: Option<Arc<RouteLimiter>>,
+}
+
+impl Deref for Route {
+    type Target = RouteConfig;
+    fn deref(&self) -> &RouteConfig {
+        &self.config
+    }
+}
+
 /// Routes ordered longest path first, so the first match is the longest.
 pub struct RouteTable {
-    routes: Vec<RouteConfig>,
+    routes: Vec<Route>,
 }
 
 impl RouteTable {
     pub fn new(mut routes: Vec<RouteConfig>) -> RouteTable {
         routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        let routes = routes
+            .into_iter()
+            .map(|config| Route {
+                label: Arc::new(config.path.clone()),
+                limiter: config.rate_limit.map(|rate| Arc::new(RouteLimiter::new(rate))),
+                config,
+            })
+            .collect();
         RouteTable { routes }
     }
 
     /// The route whose path is the longest prefix of `path` on a segment boundary.
-    pub fn match_route(&self, path: &str) -> Option<&RouteConfig> {
+    pub fn match_route(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| prefix_matches(&r.path, path))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &RouteConfig> {
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
+    }
+
+    /// Keeps the counts of `previous` (the table before a reload) for every
+    /// route whose path and rate did not change.
+    pub fn carry_limiters(&mut self, previous: &RouteTable) {
+        for r in &mut self.routes {
+            let Some(limiter) = &r.limiter else { continue };
+            if let Some(old) = previous.routes.iter().find(|o| o.path == r.path).and_then(|o| o.limiter.as_ref())
+                && old.rate == limiter.rate
+            {
+                r.limiter = Some(old.clone());
+            }
+        }
+    }
+
+    /// Forgets replenished keys of every route limiter.
+    pub fn prune_limiters(&self) {
+        for l in self.routes.iter().filter_map(|r| r.limiter.as_ref()) {
+            l.prune();
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The TLS listener: accept loop bounded by `max_connections`, handshake
 //! under a timeout, one span per connection, HTTP/1.1 and HTTP/2 by ALPN,
-//! graceful shutdown under `shutdown_grace`.
+//! graceful shutdown under `shutdown_grace`. Every connection takes the
+//! current TLS config and every request the current `App`, so a reload
+//! applies to new requests while the ones in flight finish on the old.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -8,49 +10,103 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::app::{App, ConnInfo};
 use crate::config::{Config, ServerConfig};
 use crate::conn::{Activity, Expired, WatchedIo};
+use crate::reload::Reloader;
 
-/// A running gateway (in-process): its address and a way to stop it.
+/// The App every new request uses; a reload swaps it.
+pub type SharedApp = Arc<ArcSwap<App>>;
+/// The TLS config every new connection uses; a reload swaps it.
+pub type SharedTls = Arc<ArcSwap<rustls::ServerConfig>>;
+
+/// A running gateway (in-process): its addresses, reload, and a way to stop it.
 pub struct Running {
     pub addr: SocketAddr,
-    pub app: Arc<App>,
+    /// `server.admin_listen`, as bound.
+    pub admin_addr: Option<SocketAddr>,
+    /// `server.http_redirect`, as bound.
+    pub redirect_addr: Option<SocketAddr>,
+    pub reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: JoinHandle<()>,
+    side: Vec<JoinHandle<()>>,
 }
 
 impl Running {
+    /// The App serving new requests now.
+    pub fn app(&self) -> Arc<App> {
+        self.reloader.current()
+    }
+
+    /// Re-reads the config file and everything it names (what SIGHUP does).
+    pub async fn reload(&self) -> anyhow::Result<crate::reload::Reloaded> {
+        self.reloader.reload().await
+    }
+
     /// Stops accepting, drains connections (up to `shutdown_grace`), returns when done.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        for t in self.side {
+            let _ = t.await;
+        }
     }
 }
 
-/// Builds everything the config names and starts serving on `server.listen`.
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))
+}
+
+/// Builds everything the config names and starts serving on `server.listen`
+/// (and `admin_listen`, `http_redirect` when set).
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let tls = crate::tls::server_config(&config)?;
     let app = Arc::new(crate::build_app(config)?);
     app.spawn_background();
-    let listener = TcpListener::bind(app.config.server.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", app.config.server.listen))?;
+    let s = app.config.server.clone();
+    let listener = bind(s.listen, "server.listen").await?;
     let addr = listener.local_addr()?;
-    let (stop, mut stopped) = watch::channel(false);
-    let shutdown = async move {
-        let _ = stopped.wait_for(|s| *s).await;
+    let admin = match s.admin_listen {
+        Some(a) => Some(bind(a, "server.admin_listen").await?),
+        None => None,
     };
-    let task = tokio::spawn(serve(listener, app.clone(), TlsAcceptor::from(tls), shutdown));
-    Ok(Running { addr, app, stop, task })
+    let redirect = match s.http_redirect {
+        Some(a) => Some(bind(a, "server.http_redirect").await?),
+        None => None,
+    };
+    let shared: SharedApp = Arc::new(ArcSwap::new(app));
+    let tls: SharedTls = Arc::new(ArcSwap::new(tls));
+    let reloader = Arc::new(Reloader::new(shared.clone(), tls.clone()));
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = move || {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut side = Vec::new();
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(l) = admin {
+        side.push(tokio::spawn(crate::admin::serve_admin(l, shared.clone(), until_stopped())));
+    }
+    let redirect_addr = redirect.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(l) = redirect {
+        side.push(tokio::spawn(crate::admin::serve_redirect(l, addr.port(), until_stopped())));
+    }
+    side.push(tokio::spawn(crate::reload::watch_files(reloader.clone(), until_stopped())));
+    let task = tokio::spawn(serve(listener, shared, tls, until_stopped()));
+    Ok(Running { addr, admin_addr, redirect_addr, reloader, stop, task, side })
 }
 
 fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
@@ -64,9 +120,11 @@ fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_headers(s.max_headers * 2)
         .max_buf_size((s.max_header_bytes * 4).max(8192 * 2))
         .keep_alive(true);
+    // Rapid reset (CVE-2023-44487): a client that opens and cancels streams
+    // faster than they are served gets GOAWAY once 50 are pending.
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(250)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size((s.max_header_bytes * 4) as u32)
         .max_pending_accept_reset_streams(Some(50))
         .max_local_error_reset_streams(Some(256))
@@ -74,11 +132,14 @@ fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// HTTP/2 streams one connection may have open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 250;
+
 /// Serves TLS connections from `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, app: Arc<App>, acceptor: TlsAcceptor, shutdown: impl Future<Output = ()>) {
-    let s = app.config.server.clone();
-    let builder = Arc::new(http_builder(&s));
-    let slots = Arc::new(Semaphore::new(s.max_connections));
+pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdown: impl Future<Output = ()>) {
+    // A changed max_connections applies after a restart (reload warns).
+    let max_connections = app.load().config.server.max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
@@ -100,22 +161,25 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, acceptor: TlsAcceptor, 
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), acceptor.clone(), builder.clone(), stop_rx.clone());
+        let open = app.load().metrics.connection();
+        let acceptor = TlsAcceptor::from(tls.load_full());
+        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), acceptor, stop_rx.clone());
         tokio::spawn(
             async move {
-                let _permit = permit;
+                let _slot = (permit, open);
                 task.await;
             }
             .instrument(tracing::info_span!("conn", %peer)),
         );
     }
     drop(listener);
-    let open = s.max_connections - slots.available_permits();
+    let open = max_connections - slots.available_permits();
+    let grace = app.load().config.server.shutdown_grace;
     tracing::info!(connections = open, "shutting down: draining connections");
     let _ = stop_tx.send(true);
-    let all = u32::try_from(s.max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(s.shutdown_grace, slots.acquire_many(all)).await.is_err() {
-        tracing::warn!(grace = ?s.shutdown_grace, "connections still open after shutdown_grace; closing them");
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
+        tracing::warn!(?grace, "connections still open after shutdown_grace; closing them");
     }
 }
 
@@ -124,12 +188,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, acceptor: TlsAcceptor, 
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     conn: ConnInfo,
-    app: Arc<App>,
+    app: SharedApp,
     acceptor: TlsAcceptor,
-    builder: Arc<auto::Builder<TokioExecutor>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (header_timeout, idle_timeout) = (app.config.server.header_read_timeout, app.config.server.idle_timeout);
+    let (header_timeout, idle_timeout, builder) = {
+        let s = &app.load().config.server;
+        (s.header_read_timeout, s.idle_timeout, http_builder(s))
+    };
     let tls = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
@@ -139,7 +205,7 @@ async fn serve_connection(
     let io = TokioIo::new(WatchedIo::new(tls, activity.clone()));
     let svc_activity = activity.clone();
     let svc = service_fn(move |req| {
-        let app = app.clone();
+        let app = app.load_full();
         let guard = svc_activity.request();
         async move {
             let resp = app.handle(conn, req).await;
@@ -191,14 +257,22 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Runs the gateway until a shutdown signal.
+/// Runs the gateway until SIGTERM or Ctrl-C; SIGHUP reloads.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let tls = crate::tls::server_config(&config)?;
-    let app = Arc::new(crate::build_app(config)?);
-    app.spawn_background();
-    let listen = app.config.server.listen;
-    let listener = TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    crate::banner(&app, listener.local_addr()?);
-    serve(listener, app, TlsAcceptor::from(tls), shutdown_signal()).await;
+    // Installed before anything listens: SIGHUP's default action is to exit.
+    let hangups = crate::reload::on_sighup()?;
+    let running = start(config).await?;
+    crate::banner(&running.app(), running.addr);
+    if let Some(a) = running.admin_addr {
+        tracing::info!(admin = %a, "admin listener (plain HTTP): /healthz /readyz /metrics");
+    }
+    if let Some(a) = running.redirect_addr {
+        tracing::info!(redirect = %a, "http_redirect listener (plain HTTP): 308 to https");
+    }
+    let hup = tokio::spawn(hangups.serve(running.reloader.clone()));
+    shutdown_signal().await;
+    hup.abort();
+    running.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
 }

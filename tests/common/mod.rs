@@ -150,6 +150,19 @@ async fn handle_upstream(state: Upstream, mut req: Request<Incoming>) -> Result<
         .expect("response"))
 }
 
+/// `text` with `lines` added to its `[server]` table.
+pub fn with_server(text: &str, lines: &str) -> String {
+    text.replacen("[server]\n", &format!("[server]\n{lines}\n"), 1)
+}
+
+/// A cheap argon2id hash (tests only; the shipped hashes use the defaults).
+pub fn quick_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let params = argon2::Params::new(1024, 1, 1, None).expect("params");
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    a.hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng)).expect("hash").to_string()
+}
+
 /// A gateway config with the given routes (TOML `[[routes]]` tables) and
 /// extra sections, with TLS and ES256 keys generated in `dir`.
 pub fn config_text(dir: &Path, extra: &str, routes: &str) -> String {
@@ -221,8 +234,13 @@ impl Gateway {
         format!("https://localhost:{}{}", self.addr.port(), path)
     }
 
-    pub fn app(&self) -> &authgate::app::App {
-        &self.running.as_ref().expect("running").app
+    /// The App serving new requests now (a reload replaces it).
+    pub fn app(&self) -> std::sync::Arc<authgate::app::App> {
+        self.running.as_ref().expect("running").app()
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
     }
 
     /// A token signed by the gateway's own key.
@@ -326,9 +344,50 @@ pub fn body_of(raw: &str) -> &str {
 pub struct Spawned {
     pub gw: Gateway,
     child: std::process::Child,
+    /// Everything the process wrote to stderr so far, line by line.
+    log: Arc<Mutex<String>>,
 }
 
 impl Spawned {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill").arg("-s").arg(name).arg(self.pid().to_string()).status().expect("run kill");
+        assert!(ok.success(), "kill -s {name} failed");
+    }
+
+    /// stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Waits until stderr holds `needle` at least `times` times; false at the deadline.
+    pub fn wait_log(&self, needle: &str, times: usize, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if self.log().matches(needle).count() >= times {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Waits for the process to exit; None when it still runs at the deadline.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILL, no graceful shutdown (a crash); returns the folder, kept for a restart.
     pub fn kill9(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
@@ -359,9 +418,15 @@ pub fn spawn_binary(dir: tempfile::TempDir, text: &str, env: &[(&str, &str)]) ->
     let mut child = cmd.spawn().expect("spawn authgate");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let full_log = Arc::new(Mutex::new(String::new()));
+    let keep = full_log.clone();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            if let Ok(mut l) = keep.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
             let _ = tx.send(line);
         }
     });
@@ -375,10 +440,13 @@ pub fn spawn_binary(dir: tempfile::TempDir, text: &str, env: &[(&str, &str)]) ->
         };
         log.push_str(&line);
         log.push('\n');
-        if let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("listen=")).and_then(|a| a.parse::<SocketAddr>().ok()) {
+        // `listen=ADDR` in text logs, `"listen":"ADDR"` in JSON ones.
+        let text = line.split_whitespace().find_map(|w| w.strip_prefix("listen="));
+        let json = line.split_once("\"listen\":\"").and_then(|(_, rest)| rest.split('"').next());
+        if let Some(addr) = text.or(json).and_then(|a| a.parse::<SocketAddr>().ok()) {
             break addr;
         }
     };
     let client = client_for(&dir.path().join("cert.pem"), false);
-    Spawned { gw: Gateway { running: None, addr, dir, client }, child }
+    Spawned { gw: Gateway { running: None, addr, dir, client }, child, log: full_log }
 }

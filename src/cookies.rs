@@ -1,0 +1,133 @@
+//! authgate's browser cookies (`login.cookie = true`): the access token in
+//! `authgate_access` (Path=/) and the refresh token in `authgate_refresh`
+//! (Path={login.path}), both `HttpOnly; Secure; SameSite=Strict`. Reading
+//! them from a `Cookie` header, removing them before a request is forwarded
+//! (a token never reaches an upstream), and the CSRF rule for requests they
+//! authenticate.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, header};
+
+pub const ACCESS: &str = "authgate_access";
+pub const REFRESH: &str = "authgate_refresh";
+
+/// The value of cookie `name` in the request's `Cookie` header(s).
+pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'))
+        .filter(|v| !v.is_empty())
+}
+
+fn ours(pair: &str) -> bool {
+    let name = pair.trim().split('=').next().unwrap_or("");
+    name == ACCESS || name == REFRESH
+}
+
+/// Removes authgate's cookies from the `Cookie` header(s), keeping the others.
+pub fn strip(headers: &mut HeaderMap) {
+    let has_ours = headers.get_all(header::COOKIE).iter().any(|v| v.to_str().map_or(true, |s| s.split(';').any(ours)));
+    if !has_ours {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !ours(p))
+        .map(String::from)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// `Set-Cookie` for one of our cookies; `None` clears it (Max-Age=0).
+pub fn set(name: &str, value: Option<&str>, path: &str, max_age: Duration) -> Option<HeaderValue> {
+    let (value, age) = match value {
+        Some(v) => (v, max_age.as_secs()),
+        None => ("", 0),
+    };
+    HeaderValue::from_str(&format!("{name}={value}; HttpOnly; Secure; SameSite=Strict; Path={path}; Max-Age={age}")).ok()
+}
+
+/// GET, HEAD and OPTIONS change nothing; every other method may.
+pub fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// `scheme://host[:port]` of a URL (a `Referer`), without path or query.
+fn origin_of(url: &str) -> Option<&str> {
+    let rest_at = url.find("://")? + 3;
+    let end = url[rest_at..].find(['/', '?', '#']).map_or(url.len(), |i| rest_at + i);
+    Some(&url[..end])
+}
+
+/// CSRF defence for a state-changing request authenticated by cookie: its
+/// `Origin` (or, failing that, the origin of its `Referer`) must be allowed
+/// by `allowed`, or be the request's own `https://{host}`.
+pub fn same_or_allowed_origin(headers: &HeaderMap, host: Option<&str>, allowed: impl Fn(&str) -> bool) -> bool {
+    let origin = match headers.get(header::ORIGIN) {
+        Some(o) => o.to_str().ok(),
+        None => headers.get(header::REFERER).and_then(|r| r.to_str().ok()).and_then(origin_of),
+    };
+    let Some(origin) = origin.filter(|o| *o != "null") else { return false };
+    if allowed(origin) {
+        return true;
+    }
+    match (origin.get(..8), host) {
+        (Some(scheme), Some(host)) if scheme.eq_ignore_ascii_case("https://") => origin[8..].eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (n, v) in pairs {
+            m.append(n.clone(), HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")));
+        }
+        m
+    }
+
+    #[test]
+    fn reads_and_strips_only_ours() {
+        let mut m = h(&[(header::COOKIE, "a=1; authgate_access=tok; b=2"), (header::COOKIE, "authgate_refresh=r")]);
+        assert_eq!(get(&m, ACCESS), Some("tok"));
+        assert_eq!(get(&m, REFRESH), Some("r"));
+        assert_eq!(get(&m, "c"), None);
+        strip(&mut m);
+        assert_eq!(m.get_all(header::COOKIE).iter().collect::<Vec<_>>(), vec!["a=1; b=2"]);
+        let mut only = h(&[(header::COOKIE, "authgate_access=tok")]);
+        strip(&mut only);
+        assert!(!only.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn csrf_origins() {
+        let allowed = |o: &str| o == "https://app.example.com";
+        let ok = |pairs: &[(header::HeaderName, &str)]| same_or_allowed_origin(&h(pairs), Some("gw.example.com"), allowed);
+        assert!(ok(&[(header::ORIGIN, "https://app.example.com")]));
+        assert!(ok(&[(header::ORIGIN, "https://gw.example.com")]));
+        assert!(!ok(&[(header::ORIGIN, "http://gw.example.com")]));
+        assert!(!ok(&[(header::ORIGIN, "https://evil.example")]));
+        assert!(!ok(&[(header::ORIGIN, "null")]));
+        assert!(ok(&[(header::REFERER, "https://gw.example.com/page?x=1")]));
+        assert!(!ok(&[(header::REFERER, "https://gw.example.com.evil.example/")]));
+        assert!(!ok(&[]));
+    }
+}

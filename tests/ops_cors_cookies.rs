@@ -1,0 +1,237 @@
+//! CORS (`[cors]`): preflights answered without authentication, only listed
+//! origins allowed, credentials only when configured. Browser cookies
+//! (`login.cookie = true`): HttpOnly/Secure/SameSite=Strict cookies from
+//! `/token`, accepted by the proxy without `Authorization`, never forwarded
+//! upstream, refresh and revoke by cookie, and the CSRF rule for
+//! state-changing cookie-authenticated requests.
+mod common;
+
+use common::*;
+use serde_json::json;
+
+const APP: &str = "https://app.example.com";
+const EVIL: &str = "https://evil.example";
+
+fn cors(extra: &str) -> String {
+    format!(
+        "[cors]\nallowed_origins = [\"{APP}\"]\nallowed_methods = [\"GET\", \"POST\"]\nallowed_headers = [\"authorization\", \"content-type\"]\nmax_age = \"10m\"\n{extra}\n"
+    )
+}
+
+#[tokio::test]
+async fn preflights_are_answered_without_auth_and_only_listed_origins_are_allowed() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&cors(""), &format!("[[routes]]\npath = \"/\"\nupstream = \"{}\"\n", up.url())).await;
+    let preflight = |origin: &str| {
+        gw.client
+            .request(reqwest::Method::OPTIONS, gw.url("/api/orders"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let r = preflight(APP).await.expect("send");
+    assert_eq!(r.status(), 204, "a preflight needs no token");
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], APP);
+    assert_eq!(h["access-control-allow-methods"], "GET, POST");
+    assert_eq!(h["access-control-allow-headers"], "authorization, content-type");
+    assert_eq!(h["access-control-max-age"], "600");
+    assert!(!h.contains_key("access-control-allow-credentials"), "credentials only when configured");
+    let r = preflight(EVIL).await.expect("send");
+    assert_eq!(r.status(), 204);
+    assert!(!r.headers().contains_key("access-control-allow-origin"), "an unlisted origin is not allowed");
+    assert_eq!(up.hits(), 0, "preflights never reach the upstream");
+
+    // Actual requests: the listed origin may read the answer, errors included.
+    let token = gw.token("alice", json!({}));
+    let r = gw.client.get(gw.url("/x")).header("origin", APP).bearer_auth(&token).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], APP);
+    assert!(r.headers().get_all("vary").iter().any(|v| v == "Origin"));
+    let r = gw.client.get(gw.url("/x")).header("origin", APP).send().await.expect("send");
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["access-control-allow-origin"], APP, "a browser app must be able to read the 401");
+    let r = gw.client.get(gw.url("/x")).header("origin", EVIL).bearer_auth(&token).send().await.expect("send");
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    // An OPTIONS that is not a preflight is an ordinary request (here: no token, 401).
+    let r = gw.client.request(reqwest::Method::OPTIONS, gw.url("/x")).header("origin", APP).send().await.expect("send");
+    assert_eq!(r.status(), 401);
+}
+
+#[tokio::test]
+async fn credentials_are_allowed_only_when_configured() {
+    let gw = Gateway::start(&cors("allow_credentials = true"), "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n").await;
+    let r = gw
+        .client
+        .request(reqwest::Method::OPTIONS, gw.url("/"))
+        .header("origin", APP)
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.headers()["access-control-allow-origin"], APP);
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+}
+
+const LOGIN: &str =
+    "[login]\nusers_file = \"users.toml\"\ncookie = true\nrate_limit = \"1000/minute\"\nrate_limit_per_username = \"1000/hour\"\n";
+
+async fn cookie_gateway(up: &Upstream) -> Gateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("users.toml"), format!("[[users]]\nusername = \"alice\"\npassword_hash = \"{}\"\n", quick_hash("pw")))
+        .expect("users");
+    let routes = format!(
+        "[[routes]]\npath = \"/api\"\nupstream = \"{}\"\n\n[[routes]]\npath = \"/pub\"\nupstream = \"{}\"\nauth = \"public\"\n",
+        up.url(),
+        up.url()
+    );
+    let text = config_text(dir.path(), &format!("{LOGIN}\n{}", cors("")), &routes);
+    Gateway::start_in(dir, &text).await
+}
+
+/// The Set-Cookie values of a response, by cookie name.
+fn set_cookies(r: &reqwest::Response) -> Vec<String> {
+    r.headers().get_all("set-cookie").iter().map(|v| v.to_str().expect("ascii").to_string()).collect()
+}
+
+fn cookie_value(set_cookies: &[String], name: &str) -> String {
+    let c =
+        set_cookies.iter().find(|c| c.starts_with(&format!("{name}="))).unwrap_or_else(|| panic!("no {name} cookie in {set_cookies:?}"));
+    c[name.len() + 1..].split(';').next().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn cookie_login_and_the_proxy_accepts_the_cookie_but_never_forwards_it() {
+    let up = Upstream::start().await;
+    let gw = cookie_gateway(&up).await;
+    let r = gw.client.post(gw.url("/token")).form(&[("username", "alice"), ("password", "pw")]).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    let cookies = set_cookies(&r);
+    let access_cookie = cookies.iter().find(|c| c.starts_with("authgate_access=")).expect("access cookie");
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/;", "Max-Age=900"] {
+        assert!(access_cookie.contains(attr), "{attr} missing in {access_cookie}");
+    }
+    let refresh_cookie = cookies.iter().find(|c| c.starts_with("authgate_refresh=")).expect("refresh cookie");
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/token;"] {
+        assert!(refresh_cookie.contains(attr), "{attr} missing in {refresh_cookie}");
+    }
+    let body = json(r).await;
+    let access = cookie_value(&cookies, "authgate_access");
+    assert_eq!(body["access_token"], access.as_str(), "the cookie holds the same access token");
+    let jar = format!("theme=dark; authgate_access={access}; lang=en");
+
+    // No Authorization header: the cookie authenticates. It never reaches the upstream.
+    let r = gw.client.get(gw.url("/api/x")).header("cookie", &jar).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-auth-subject"], "alice");
+    assert_eq!(seen.headers["cookie"], "theme=dark; lang=en");
+    assert!(!format!("{:?}", seen.headers).contains(&access), "the token must not reach the upstream");
+    // Stripped on public routes too.
+    gw.client.get(gw.url("/pub")).header("cookie", &jar).send().await.expect("send");
+    assert_eq!(up.last().headers["cookie"], "theme=dark; lang=en");
+
+    // CSRF: a state-changing request authenticated by cookie needs an allowed Origin.
+    let post = |origin: Option<(&str, String)>| {
+        let mut r = gw.client.post(gw.url("/api/x")).header("cookie", &jar);
+        if let Some((h, v)) = origin {
+            r = r.header(h, v);
+        }
+        r.send()
+    };
+    let own = format!("https://localhost:{}", gw.addr.port());
+    let hits = up.hits();
+    let r = post(None).await.expect("send");
+    assert_eq!(r.status(), 403, "no Origin, no Referer");
+    assert_eq!(json(r).await["error"], "forbidden");
+    assert_eq!(post(Some(("origin", EVIL.into()))).await.expect("send").status(), 403);
+    assert_eq!(post(Some(("origin", "null".into()))).await.expect("send").status(), 403);
+    assert_eq!(post(Some(("referer", format!("{EVIL}/page")))).await.expect("send").status(), 403);
+    assert_eq!(up.hits(), hits, "refused cross-origin requests never reach the upstream");
+    assert_eq!(post(Some(("origin", own.clone()))).await.expect("send").status(), 200, "the gateway's own origin");
+    assert_eq!(post(Some(("origin", APP.into()))).await.expect("send").status(), 200, "a [cors] allowed origin");
+    assert_eq!(post(Some(("referer", format!("{own}/app/page?x=1")))).await.expect("send").status(), 200, "Referer when no Origin");
+    // A bearer token is not sent by the browser on its own: no Origin needed.
+    let r = gw.client.post(gw.url("/api/x")).bearer_auth(&access).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    // Forward-auth applies the same rule to the original method.
+    let r = gw
+        .client
+        .get(gw.url("/auth/verify"))
+        .header("cookie", &jar)
+        .header("x-forwarded-uri", "/api/x")
+        .header("x-forwarded-method", "DELETE")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403);
+    let r = gw.client.get(gw.url("/auth/verify")).header("cookie", &jar).header("x-forwarded-uri", "/api/x").send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-auth-subject"], "alice");
+}
+
+#[tokio::test]
+async fn refresh_by_cookie_and_revoke_clears_both_cookies() {
+    let up = Upstream::start().await;
+    let gw = cookie_gateway(&up).await;
+    let own = format!("https://localhost:{}", gw.addr.port());
+    let r = gw.client.post(gw.url("/token")).form(&[("username", "alice"), ("password", "pw")]).send().await.expect("send");
+    let cookies = set_cookies(&r);
+    let (access, refresh) = (cookie_value(&cookies, "authgate_access"), cookie_value(&cookies, "authgate_refresh"));
+
+    let refresh_jar = format!("authgate_refresh={refresh}");
+    let grant = [("grant_type", "refresh_token")];
+    let r = gw.client.post(gw.url("/token")).header("cookie", &refresh_jar).form(&grant).send().await.expect("send");
+    assert_eq!(r.status(), 403, "a refresh by cookie needs an allowed Origin");
+    let r = gw.client.post(gw.url("/token")).header("cookie", &refresh_jar).header("origin", &own).form(&grant).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    let rotated = set_cookies(&r);
+    let (access2, refresh2) = (cookie_value(&rotated, "authgate_access"), cookie_value(&rotated, "authgate_refresh"));
+    assert_ne!(refresh2, refresh, "rotation");
+
+    let jar = format!("authgate_access={access2}; authgate_refresh={refresh2}");
+    let r = gw
+        .client
+        .post(gw.url("/token/revoke"))
+        .header("cookie", &jar)
+        .header("origin", &own)
+        .form(&[("x", "")])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let cleared = set_cookies(&r);
+    assert_eq!(cleared.len(), 2, "{cleared:?}");
+    assert!(cleared.iter().all(|c| c.contains("Max-Age=0")), "{cleared:?}");
+    assert!(cleared.iter().any(|c| c.starts_with("authgate_refresh=;") && c.contains("Path=/token")), "{cleared:?}");
+
+    let r = gw.client.get(gw.url("/api/x")).header("cookie", format!("authgate_access={access2}")).send().await.expect("send");
+    assert_eq!(r.status(), 401, "the revoked access cookie is refused");
+    let r = gw
+        .client
+        .post(gw.url("/token"))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh2.as_str())])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400, "the revoked refresh token is dead");
+    let _ = access;
+}
+
+#[tokio::test]
+async fn without_login_cookie_the_cookie_does_not_authenticate_and_is_still_stripped() {
+    let up = Upstream::start().await;
+    let routes = format!(
+        "[[routes]]\npath = \"/api\"\nupstream = \"{}\"\n\n[[routes]]\npath = \"/pub\"\nupstream = \"{}\"\nauth = \"public\"\n",
+        up.url(),
+        up.url()
+    );
+    let gw = Gateway::start("", &routes).await;
+    let token = gw.token("alice", json!({}));
+    let jar = format!("authgate_access={token}; a=1");
+    let r = gw.client.get(gw.url("/api")).header("cookie", &jar).send().await.expect("send");
+    assert_eq!(r.status(), 401);
+    gw.client.get(gw.url("/pub")).header("cookie", &jar).send().await.expect("send");
+    assert_eq!(up.last().headers["cookie"], "a=1");
+}

@@ -1,0 +1,96 @@
+//! The access log of the real binary: one `authgate::access` line per
+//! request with client, method, path, route, status, subject and latency;
+//! never a password, a token, a cookie or a query string. JSON with
+//! `log.format = "json"`.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const PASSWORD: &str = "correct-horse-battery-staple";
+const QUERY_SECRET: &str = "QUERYSECRET12345";
+
+fn config(dir: &std::path::Path, format: &str) -> String {
+    std::fs::write(dir.join("users.toml"), format!("[[users]]\nusername = \"alice\"\npassword_hash = \"{}\"\n", quick_hash(PASSWORD)))
+        .expect("users");
+    let extra = format!(
+        "[login]\nusers_file = \"users.toml\"\ncookie = true\nrate_limit = \"1000/minute\"\nrate_limit_per_username = \"1000/hour\"\n\n[log]\nformat = \"{format}\"\n"
+    );
+    config_text(dir, &extra, "[[routes]]\npath = \"/api\"\nupstream = \"echo\"\n")
+}
+
+/// Logs in, calls through with the bearer token and a query string, then
+/// with the cookie; returns (access token, refresh token).
+async fn traffic(gw: &Gateway) -> (String, String) {
+    let r = gw.client.post(gw.url("/token")).form(&[("username", "alice"), ("password", PASSWORD)]).send().await.expect("login");
+    assert_eq!(r.status(), 200);
+    let body = json(r).await;
+    let (access, refresh) =
+        (body["access_token"].as_str().expect("access").to_string(), body["refresh_token"].as_str().expect("refresh").to_string());
+    let url = gw.url(&format!("/api/orders/./42?token={QUERY_SECRET}"));
+    assert_eq!(gw.client.get(&url).bearer_auth(&access).send().await.expect("send").status(), 200);
+    let r = gw.client.get(gw.url("/api/me")).header("cookie", format!("authgate_access={access}")).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(gw.client.get(gw.url("/api/x")).send().await.expect("send").status(), 401);
+    (access, refresh)
+}
+
+fn assert_no_secrets(log: &str, access: &str, refresh: &str) {
+    assert!(!log.contains(PASSWORD), "the password is in the log:\n{log}");
+    assert!(!log.contains(access), "the access token is in the log:\n{log}");
+    // Any token part (the signature alone would do harm too).
+    for part in access.split('.') {
+        assert!(!log.contains(part), "a part of the token is in the log:\n{log}");
+    }
+    assert!(!log.contains(refresh), "the refresh token is in the log:\n{log}");
+    assert!(!log.contains(QUERY_SECRET), "the query string is in the log:\n{log}");
+    assert!(!log.contains("authgate_access="), "a cookie is in the log:\n{log}");
+}
+
+#[tokio::test]
+async fn access_log_lines_hold_the_facts_and_never_a_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(dir.path(), "text");
+    let sp = spawn_binary(dir, &text, &[]);
+    let (access, refresh) = traffic(&sp.gw).await;
+    assert!(sp.wait_log("authgate::access", 4, Duration::from_secs(10)), "{}", sp.log());
+    let log = sp.log();
+    assert_no_secrets(&log, &access, &refresh);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("authgate::access")).collect();
+    assert_eq!(lines.len(), 4, "one line per request:\n{log}");
+    let proxied = lines[1];
+    for want in
+        ["client=127.0.0.1", "method=GET", "path=/api/orders/42", "route=/api", "status=200", "sub=\"alice\"", "latency_ms=", "bytes="]
+    {
+        assert!(proxied.contains(want), "{want} missing in {proxied}");
+    }
+    assert!(lines[0].contains("path=/token") && lines[0].contains("route=none") && !lines[0].contains("sub="), "{}", lines[0]);
+    assert!(lines[2].contains("sub=\"alice\"") && lines[2].contains("path=/api/me"), "the cookie-authenticated request: {}", lines[2]);
+    assert!(lines[3].contains("status=401") && !lines[3].contains("sub="), "{}", lines[3]);
+}
+
+#[tokio::test]
+async fn json_access_log_with_log_format_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(dir.path(), "json");
+    let sp = spawn_binary(dir, &text, &[]);
+    let (access, refresh) = traffic(&sp.gw).await;
+    assert!(sp.wait_log("authgate::access", 4, Duration::from_secs(10)), "{}", sp.log());
+    let log = sp.log();
+    assert_no_secrets(&log, &access, &refresh);
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.contains("authgate::access"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let proxied = &lines[1];
+    assert_eq!(proxied["target"], "authgate::access");
+    let f = &proxied["fields"];
+    assert_eq!(f["path"], "/api/orders/42");
+    assert_eq!(f["route"], "/api");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["sub"], "alice");
+    assert_eq!(f["method"], "GET");
+    assert!(f["latency_ms"].is_number(), "{proxied}");
+}
