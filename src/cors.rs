@@ -56,7 +56,7 @@ impl Cors {
         let mut resp = Response::new(body::empty());
         *resp.status_mut() = StatusCode::NO_CONTENT;
         let h = resp.headers_mut();
-        h.insert(header::VARY, VARY_ORIGIN.clone());
+        // `decorate` adds Vary and the allow headers, as on every answer.
         if self.origin_allowed(origin) {
             self.allow(origin, h);
             h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone());
@@ -66,8 +66,11 @@ impl Cors {
         Some(resp)
     }
 
-    /// Adds the CORS headers to an actual (non-preflight) response.
+    /// Adds the CORS headers to an answer. An upstream's own are replaced:
+    /// with `[cors]`, authgate alone decides which origins may read.
     pub fn decorate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        headers.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+        headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
         let Some(origin) = origin else { return };
         headers.append(header::VARY, VARY_ORIGIN.clone());
         if self.origin_allowed(origin) {

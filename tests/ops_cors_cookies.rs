@@ -38,6 +38,7 @@ async fn preflights_are_answered_without_auth_and_only_listed_origins_are_allowe
     assert_eq!(h["access-control-allow-headers"], "authorization, content-type");
     assert_eq!(h["access-control-max-age"], "600");
     assert!(!h.contains_key("access-control-allow-credentials"), "credentials only when configured");
+    assert_eq!(h.get_all("vary").iter().filter(|v| *v == "Origin").count(), 1, "{h:?}");
     let r = preflight(EVIL).await.expect("send");
     assert_eq!(r.status(), 204);
     assert!(!r.headers().contains_key("access-control-allow-origin"), "an unlisted origin is not allowed");
