@@ -238,7 +238,7 @@ impl App {
                 }
                 proxy::retarget(&mut req, authority, &pq)?;
                 let sent = Instant::now();
-                let resp = proxy::forward(&self.client, req, self.config.server.upstream_timeout).await;
+                let resp = proxy::forward(&self.client, req, &self.config.server).await;
                 let took = sent.elapsed();
                 t.upstream = Some(took);
                 self.metrics.upstream(&route.label, took.as_secs_f64());

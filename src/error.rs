@@ -85,6 +85,9 @@ pub enum GatewayError {
     MethodNotAllowed(&'static str),
     #[error("body too large")]
     PayloadTooLarge,
+    /// The request body did not arrive within `server.body_timeout`.
+    #[error("request body too slow")]
+    RequestTimeout,
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
     #[error("header section too large")]
@@ -117,6 +120,7 @@ impl GatewayError {
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -137,6 +141,7 @@ impl GatewayError {
             GatewayError::NotFound => ("not_found", "no route matches this path"),
             GatewayError::MethodNotAllowed(d) => ("method_not_allowed", d),
             GatewayError::PayloadTooLarge => ("payload_too_large", "the request body is too large"),
+            GatewayError::RequestTimeout => ("request_timeout", "the request body arrived too slowly"),
             GatewayError::RateLimited { .. } => ("rate_limited", "too many requests; retry later"),
             GatewayError::HeaderTooLarge => ("request_header_fields_too_large", "the request header section is too large"),
             GatewayError::BadGateway(_) => ("bad_gateway", "the upstream could not be reached or answered badly"),

@@ -3,6 +3,8 @@
 //! WebSocket upgrades, and the built-in `echo` upstream.
 
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use crate::body::{self, Body};
 use crate::error::GatewayError;
 
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
+pub type UpstreamClient = Client<HttpConnector, TimedBody>;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -135,13 +137,74 @@ pub fn retarget(req: &mut Request<Incoming>, authority: &http::uri::Authority, p
     Ok(())
 }
 
-/// Sends the request and waits up to `timeout` for the response head. The
-/// bodies stream through in both directions; nothing is buffered whole.
-pub async fn forward(client: &UpstreamClient, mut req: Request<Incoming>, timeout: Duration) -> Result<Response<Body>, GatewayError> {
+/// The client's request body as sent upstream. It must arrive within
+/// `body_timeout`, extended by one second per `body_min_rate` bytes received
+/// (Apache mod_reqtimeout's scheme): a large upload at a sane rate goes
+/// through, a slowloris body trickling a byte a second is cut off.
+pub struct TimedBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    per_byte: Duration,
+}
+
+/// The request body did not arrive in time (`server.body_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body arrived too slowly")]
+pub struct BodyTimedOut;
+
+impl TimedBody {
+    pub fn new(inner: Incoming, s: &crate::config::ServerConfig) -> TimedBody {
+        let per_byte =
+            if s.body_min_rate == 0 { Duration::ZERO } else { Duration::from_secs(1) / u32::try_from(s.body_min_rate).unwrap_or(u32::MAX) };
+        TimedBody { inner, deadline: Box::pin(tokio::time::sleep(s.body_timeout)), per_byte }
+    }
+}
+
+impl http_body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let more = self.per_byte.saturating_mul(u32::try_from(data.len()).unwrap_or(u32::MAX));
+                    let deadline = self.deadline.deadline() + more;
+                    self.deadline.as_mut().reset(deadline);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut.into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Sends the request and waits up to `upstream_timeout` for the response
+/// head. The bodies stream through in both directions; nothing is buffered
+/// whole. A request body that breaks or stalls is the client's fault, not
+/// the upstream's: 400 or 408, not 502.
+pub async fn forward(
+    client: &UpstreamClient,
+    mut req: Request<Incoming>,
+    s: &crate::config::ServerConfig,
+) -> Result<Response<Body>, GatewayError> {
     let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let mut resp = match tokio::time::timeout(timeout, client.request(req)).await {
+    let req = req.map(|b| TimedBody::new(b, s));
+    let mut resp = match tokio::time::timeout(s.upstream_timeout, client.request(req)).await {
         Err(_) => return Err(GatewayError::GatewayTimeout),
-        Ok(Err(e)) => return Err(GatewayError::BadGateway(error_chain(&e))),
+        Ok(Err(e)) => return Err(request_error(&e)),
         Ok(Ok(r)) => r,
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -163,6 +226,18 @@ pub async fn forward(client: &UpstreamClient, mut req: Request<Incoming>, timeou
     let (mut parts, incoming) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, incoming.boxed()))
+}
+
+/// Tells a request body the client broke (bad chunk, stall) from an upstream failure.
+fn request_error(e: &(dyn std::error::Error + 'static)) -> GatewayError {
+    let chain = || std::iter::successors(Some(e), |c| c.source());
+    if chain().any(|c| c.is::<BodyTimedOut>()) {
+        GatewayError::RequestTimeout
+    } else if chain().any(|c| c.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user)) {
+        GatewayError::BadRequest("the request body could not be read")
+    } else {
+        GatewayError::BadGateway(error_chain(e))
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

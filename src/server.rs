@@ -222,7 +222,7 @@ async fn serve_connection(
             }
             return;
         }
-        expired = activity.watchdog(header_timeout, idle_timeout) => {
+        expired = activity.clone().watchdog(header_timeout, idle_timeout) => {
             tracing::debug!(?expired, "connection deadline passed");
             expired == Expired::Idle
         }
@@ -230,8 +230,13 @@ async fn serve_connection(
     };
     if finish_gracefully {
         // Lets an in-flight response finish; an idle connection closes at once.
+        // A response that stops moving (its client stopped reading) is dropped
+        // after idle_timeout of silence instead of holding the connection forever.
         connection.as_mut().graceful_shutdown();
-        let _ = connection.await;
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            _ = activity.watchdog(header_timeout, idle_timeout) => tracing::debug!("connection stalled while finishing; dropped"),
+        }
     }
 }
 
