@@ -186,7 +186,8 @@ async fn a_refresh_token_is_no_access_token() {
     std::fs::write(dir.path().join("users.toml"), format!("[[users]]\nusername = \"alice\"\npassword_hash = \"{}\"\n", quick_hash("pw")))
         .expect("users");
     let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"{}\"\n", up.url());
-    let text = config_text(dir.path(), "[login]\nusers_file = \"users.toml\"\n", &routes);
+    let text =
+        config_text(dir.path(), "[login]\nusers_file = \"users.toml\"\n[store]\nkind = \"embedded\"\npath = \"data/a.db\"\n", &routes);
     let gw = Gateway::start_in(dir, &text).await;
     let r = gw.client.post(gw.url("/token")).form(&[("username", "alice"), ("password", "pw")]).send().await.expect("login");
     assert_eq!(r.status(), 200);
@@ -198,6 +199,12 @@ async fn a_refresh_token_is_no_access_token() {
     refused(&gw, &up, &format!("{h}.{p}.{refresh}"), SIGNATURE, "refresh token as the signature").await;
     refused(&gw, &up, &format!("{refresh}.{refresh}.{refresh}"), MALFORMED, "refresh token as every part").await;
     passes(&gw, &up, access, "alice", "the access token itself").await;
+    // SECURITY.md: a thief of the store file finds no usable refresh token
+    // (only its SHA-256 is stored; the database and its WAL are searched).
+    for entry in std::fs::read_dir(gw.dir.path().join("data")).expect("data dir") {
+        let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+        assert!(!bytes.windows(refresh.len()).any(|w| w == refresh.as_bytes()), "a refresh token is stored in clear");
+    }
     gw.stop().await;
 }
 
