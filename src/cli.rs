@@ -4,8 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// `0.1.0 (commit 1a2b3c4d5e6f)`
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("AUTHGATE_GIT_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
-#[command(name = "authgate", version, about = "A TLS reverse proxy that verifies JWTs in front of services that cannot")]
+#[command(name = "authgate", version = VERSION, about = "A TLS reverse proxy that verifies JWTs in front of services that cannot")]
 pub struct Cli {
     /// Config file [default: $AUTHGATE_CONFIG, else ./config.toml]
     #[arg(long, global = true, value_name = "PATH")]
@@ -48,6 +51,13 @@ pub enum Command {
         #[arg(long)]
         sub: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `authgate man > /usr/local/share/man/man1/authgate.1`
+    Man,
 }
 
 impl Cli {

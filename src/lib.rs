@@ -106,6 +106,26 @@ pub fn banner(app: &app::App, addr: std::net::SocketAddr) {
         };
         tracing::info!(path = %r.path, %upstream, auth = ?r.auth, roles = ?r.roles, "route");
     }
+    if tls::FIRST_START.load(std::sync::atomic::Ordering::Relaxed) {
+        try_it_hint(app, addr);
+    }
+}
+
+/// The curl lines of the README's walk-through, for a first start.
+fn try_it_hint(app: &app::App, addr: std::net::SocketAddr) {
+    let base = format!("https://{addr}");
+    let cert = app.config.tls.cert.display();
+    let mut lines = vec![
+        format!("curl --cacert {cert} -i {base}/hello                  # 401: no token"),
+        "TOKEN=$(cargo run -q --release -- token --sub alice --claim 'roles=[\"admin\"]')".to_string(),
+        format!("curl --cacert {cert} -H \"Authorization: Bearer $TOKEN\" {base}/hello   # 200: see the identity headers"),
+    ];
+    if let Some(l) = &app.config.login {
+        lines.push(format!("curl --cacert {cert} {base}{} -d username=alice@example.com -d password=secret123", l.path));
+    }
+    for line in lines {
+        tracing::info!("try it: {line}");
+    }
 }
 
 /// What `authgate check` prints: listeners, keys, routes and the identity

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use authgate::cli::{Cli, Command};
 use authgate::config::{self, ConfigError, LogFormat};
@@ -20,8 +20,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// rustls warns on every handshake whose SNI is an IP address (clients that
+/// connect to https://127.0.0.1), which would flood the log.
+const DEFAULT_LOG: &str = "info,rustls=error";
+
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
@@ -77,6 +81,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Revoke { sub } => authgate::revoke_subject_cli(&config::load(&path)?, &sub),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "authgate", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).context("cannot write the man page")?;
+            Ok(())
+        }
     }
 }
 

@@ -14,6 +14,10 @@ fn err(config: &Config, key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError { file: config.file.clone(), key: key.into(), message: message.into() }
 }
 
+/// Set when this process generated the development certificate: a first
+/// start with a dev config, when the startup banner adds a "try it" hint.
+pub static FIRST_START: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Builds the listener's TLS config, generating a dev certificate first when
 /// `tls.generate_self_signed` is set and the files are missing.
 pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, ConfigError> {
@@ -22,6 +26,7 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, ConfigError> 
         generate_self_signed(&tls.cert, &tls.key, &["localhost".into(), "127.0.0.1".into(), "::1".into()])
             .map_err(|m| err(config, "tls.cert", format!("cannot generate a self-signed certificate: {m}")))?;
         tracing::warn!(cert = %tls.cert.display(), "generated a self-signed certificate for localhost (tls.generate_self_signed = true); clients will not trust it");
+        FIRST_START.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
