@@ -33,6 +33,8 @@ static X_FORWARDED_URI: http::HeaderName = http::HeaderName::from_static("x-forw
 static X_ORIGINAL_URI: http::HeaderName = http::HeaderName::from_static("x-original-uri");
 static X_FORWARDED_METHOD: http::HeaderName = http::HeaderName::from_static("x-forwarded-method");
 static X_ORIGINAL_METHOD: http::HeaderName = http::HeaderName::from_static("x-original-method");
+/// Verified tokens kept per App (about 1 KB each).
+pub const TOKEN_CACHE_CAPACITY: usize = 16_384;
 /// The access log's tracing target: `RUST_LOG=authgate::access=off` silences it.
 pub const ACCESS_LOG: &str = "authgate::access";
 
@@ -50,7 +52,7 @@ pub struct Trace {
     /// never the query string.
     pub path: String,
     pub route: Option<Arc<String>>,
-    pub identity: Option<Identity>,
+    pub identity: Option<Arc<Identity>>,
     pub upstream: Option<Duration>,
     /// A `{login.path}` grant (counted in `login_attempts`).
     pub login: bool,
@@ -74,6 +76,8 @@ pub struct App {
     /// Shared with every App that replaces this one on reload.
     pub metrics: Arc<Metrics>,
     pub cors: Option<Cors>,
+    /// Verified tokens, so a returning token skips the signature check.
+    pub token_cache: crate::token_cache::TokenCache,
     jwks: Bytes,
 }
 
@@ -94,6 +98,7 @@ impl App {
             revocation_cursor: Default::default(),
             metrics: Arc::new(Metrics::new()),
             cors: config.cors.as_ref().map(Cors::new),
+            token_cache: crate::token_cache::TokenCache::new(TOKEN_CACHE_CAPACITY),
             jwks,
             config,
         }
@@ -166,7 +171,7 @@ impl App {
             path = %t.path,
             route = %route,
             status = resp.status().as_u16(),
-            sub = t.identity.as_ref().map(Identity::sub),
+            sub = t.identity.as_deref().map(Identity::sub),
             latency_ms = millis(started.elapsed()),
             upstream_ms = t.upstream.map(millis),
             bytes = resp.body().size_hint().exact(),
@@ -208,7 +213,7 @@ impl App {
         self.identity.strip(req.headers_mut());
         self.check_cookie_origin(route, req.method(), req.headers(), request_host(&req))?;
         let identity = self.authenticate(route, req.headers())?;
-        self.rate_limit(route, identity.as_ref(), t.client)?;
+        self.rate_limit(route, identity.as_deref(), t.client)?;
         // The token in authgate's cookies never reaches an upstream.
         cookies::strip(req.headers_mut());
 
@@ -382,7 +387,7 @@ impl App {
     }
 
     /// Applies the route's auth mode, revocation and roles/scopes.
-    pub fn authenticate(&self, route: &RouteConfig, headers: &HeaderMap) -> Result<Option<Identity>, GatewayError> {
+    pub fn authenticate(&self, route: &RouteConfig, headers: &HeaderMap) -> Result<Option<Arc<Identity>>, GatewayError> {
         if route.auth == AuthMode::Public {
             return Ok(None);
         }
@@ -391,7 +396,16 @@ impl App {
             None if route.auth == AuthMode::Optional => return Ok(None),
             None => return Err(GatewayError::Unauthorized),
         };
-        let identity = self.verifier.verify(token, now_secs()).map_err(GatewayError::InvalidToken)?;
+        let now = now_secs();
+        let identity = match self.token_cache.get(token, now, self.config.jwt.leeway.as_secs()) {
+            Some(id) => id,
+            None => {
+                let id = Arc::new(self.verifier.verify(token, now).map_err(GatewayError::InvalidToken)?);
+                self.token_cache.insert(token, id.clone());
+                id
+            }
+        };
+        // On every request, cached or not: a revocation applies at once.
         if self.denylist.is_revoked(&identity) {
             return Err(GatewayError::InvalidToken(TokenError::Revoked));
         }

@@ -39,6 +39,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod token_cache;
 pub mod users;
 
 use std::sync::Arc;

@@ -1,0 +1,70 @@
+//! A bounded cache of verified tokens, so that a client presenting the same
+//! token again skips the signature check (tens of microseconds for ES256).
+//!
+//! Safety rules: the key is the exact token text; only tokens that passed
+//! full verification are inserted; an entry is never used past the token's
+//! `exp` (plus leeway); revocation is checked by the caller on every hit;
+//! the cache belongs to one `App`, so a reload (new keys, issuers or
+//! audience) starts empty.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::jwt::Identity;
+
+const SHARDS: usize = 16;
+
+pub struct TokenCache {
+    shards: Vec<Mutex<HashMap<Box<str>, Arc<Identity>>>>,
+    per_shard: usize,
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens (0 disables it).
+    pub fn new(capacity: usize) -> TokenCache {
+        TokenCache { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), per_shard: capacity.div_ceil(SHARDS) }
+    }
+
+    fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, Arc<Identity>>> {
+        // The signature's last characters are as good as random for a
+        // verified token, and cost nothing to pick.
+        let b = token.as_bytes();
+        let i = b.iter().rev().take(2).fold(0usize, |acc, x| acc * 31 + *x as usize);
+        &self.shards[i % SHARDS]
+    }
+
+    /// The identity of a token verified before, if it has not expired.
+    pub fn get(&self, token: &str, now: u64, leeway: u64) -> Option<Arc<Identity>> {
+        if self.per_shard == 0 {
+            return None;
+        }
+        let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
+        let id = shard.get(token)?;
+        if now > id.exp().saturating_add(leeway) {
+            shard.remove(token);
+            return None;
+        }
+        Some(id.clone())
+    }
+
+    pub fn insert(&self, token: &str, identity: Arc<Identity>) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
+        if shard.len() >= self.per_shard {
+            // Full: start the shard over. Cheaper than tracking recency, and
+            // a miss only costs one signature check.
+            shard.clear();
+        }
+        shard.insert(token.into(), identity);
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
