@@ -85,8 +85,11 @@ pub fn normalise_path(raw: &str) -> Result<String, PathError> {
             }
             i += 3;
         } else {
-            decoded.push(b[i] as char);
-            i += 1;
+            // Copy up to the next escape as text: pushing bytes one by one as
+            // chars would turn each byte of a UTF-8 character into its own.
+            let next = raw[i..].find('%').map_or(raw.len(), |n| i + n);
+            decoded.push_str(&raw[i..next]);
+            i = next;
         }
     }
 
