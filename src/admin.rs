@@ -68,17 +68,7 @@ where
 {
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
+        let Some((tcp, _)) = crate::server::accept(&listener, &mut shutdown).await else { return };
         let handler = handler.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {

@@ -148,18 +148,7 @@ pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdo
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             () = &mut shutdown => break,
         };
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(error) => {
-                    // EMFILE and friends: never let an accept error kill the listener.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+        let Some((tcp, peer)) = accept(&listener, &mut shutdown).await else { break };
         let _ = tcp.set_nodelay(true);
         let open = app.load().metrics.connection();
         let acceptor = TlsAcceptor::from(tls.load_full());
@@ -236,6 +225,26 @@ async fn serve_connection(
         tokio::select! {
             _ = connection.as_mut() => {}
             _ = activity.watchdog(header_timeout, idle_timeout) => tracing::debug!("connection stalled while finishing; dropped"),
+        }
+    }
+}
+
+/// The next connection, or None once `shutdown` resolves. An accept error
+/// (EMFILE and friends) never kills the listener: log, back off, go on.
+pub async fn accept<F: Future<Output = ()>>(
+    listener: &TcpListener,
+    shutdown: &mut std::pin::Pin<&mut F>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => return Some(c),
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = shutdown.as_mut() => return None,
         }
     }
 }

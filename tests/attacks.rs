@@ -171,14 +171,6 @@ async fn typ_other_than_an_access_token_is_refused() {
     gw.stop().await;
 }
 
-/// A cheap argon2id hash for a test user.
-fn quick_hash(password: &str) -> String {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    let params = argon2::Params::new(1024, 1, 1, None).expect("params");
-    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    a.hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng)).expect("hash").to_string()
-}
-
 #[tokio::test]
 async fn a_refresh_token_is_no_access_token() {
     let up = Upstream::start().await;

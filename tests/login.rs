@@ -13,14 +13,6 @@ use serde_json::{Value, json};
 const ROUTES: &str = "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n";
 const GENEROUS: &str = "rate_limit = \"1000/minute\"\nrate_limit_per_username = \"1000/hour\"\n";
 
-/// A cheap argon2id hash (tests only; the shipped hashes use the defaults).
-fn quick_hash(password: &str) -> String {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    let params = argon2::Params::new(1024, 1, 1, None).expect("params");
-    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    a.hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng)).expect("hash").to_string()
-}
-
 fn user(name: &str, hash: &str, extra: &str) -> String {
     format!("[[users]]\nusername = \"{name}\"\npassword_hash = \"{hash}\"\n{extra}\n")
 }
