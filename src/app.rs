@@ -201,7 +201,7 @@ impl App {
             return Ok(resp);
         }
         if path == VERIFY_PATH {
-            return self.forward_auth(&req);
+            return self.forward_auth(&req, t.client);
         }
         if let Some((login, endpoint)) = self.login.as_ref().and_then(|l| Some((l, l.endpoint(path)?))) {
             t.login = endpoint == Endpoint::Token;
@@ -376,14 +376,18 @@ impl App {
         if !trusted.iter().any(|n| n.contains(&peer_ip)) {
             return peer_ip;
         }
-        let entries: Vec<IpAddr> = headers
-            .get_all(&proxy::X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map_while(|s| s.trim().parse::<IpAddr>().ok())
-            .collect();
-        entries.into_iter().rev().find(|ip| !trusted.iter().any(|n| n.contains(ip))).unwrap_or(peer_ip)
+        // From the right: the entries our trusted proxies appended come last;
+        // anything left of an unparsable entry was written by the client.
+        let entries: Vec<&str> =
+            headers.get_all(&proxy::X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
+        for entry in entries.iter().rev() {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else { break };
+            let ip = ip.to_canonical();
+            if !trusted.iter().any(|n| n.contains(&ip)) {
+                return ip;
+            }
+        }
+        peer_ip
     }
 
     /// Applies the route's auth mode, revocation and roles/scopes.
@@ -423,9 +427,18 @@ impl App {
     /// identity headers or the proxy's own 401/403. The original method
     /// (`X-Forwarded-Method`, `X-Original-Method`) and host
     /// (`X-Forwarded-Host`) feed the cookie CSRF rule.
-    fn forward_auth(&self, req: &Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    fn forward_auth(&self, req: &Request<Incoming>, client: IpAddr) -> Result<Response<Body>, GatewayError> {
         let headers = req.headers();
-        let original = headers.get(&X_FORWARDED_URI).or_else(|| headers.get(&X_ORIGINAL_URI));
+        // Two proxies' headers that disagree mean a client set one of them
+        // itself (nginx passes client headers on to the subrequest): judging
+        // either could check a weaker route than the one being served.
+        let (fwd_uri, orig_uri) = (headers.get(&X_FORWARDED_URI), headers.get(&X_ORIGINAL_URI));
+        if let (Some(a), Some(b)) = (fwd_uri, orig_uri)
+            && a != b
+        {
+            return Err(GatewayError::BadRequest("X-Forwarded-Uri and X-Original-URI disagree"));
+        }
+        let original = fwd_uri.or(orig_uri);
         let path = match original {
             Some(v) => {
                 let uri = v.to_str().map_err(|_| GatewayError::BadRequest("the original URI is not valid"))?;
@@ -443,6 +456,7 @@ impl App {
         let host = headers.get(&proxy::X_FORWARDED_HOST).and_then(|h| h.to_str().ok()).or_else(|| request_host(req));
         self.check_cookie_origin(route, &method, headers, host)?;
         let identity = self.authenticate(route, headers)?;
+        self.rate_limit(route, identity.as_deref(), client)?;
         let mut resp = Response::new(body::empty());
         if let Some(id) = identity {
             *resp.headers_mut() = self.identity.headers_for(&id).map_err(GatewayError::InvalidToken)?;

@@ -90,7 +90,7 @@ pub async fn handle(
         return Err(oauth("invalid_request", "the body must be application/x-www-form-urlencoded"));
     }
     let jar = Jar::read(app, login, &req);
-    let body = crate::proxy::read_body_limited(req.into_body(), MAX_FORM_BYTES).await?;
+    let body = crate::proxy::read_body_limited(req.into_body(), MAX_FORM_BYTES, app.config.server.body_timeout).await?;
     let form = parse_form(&body)?;
     match endpoint {
         Endpoint::Token => match form.get("grant_type").map(String::as_str).unwrap_or("password") {

@@ -11,11 +11,13 @@ use authgate::config::{self, ConfigError, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `check` answers one question, is this config usable: any failure is 2.
+    let checking = matches!(cli.command, Some(Command::Check));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("authgate: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+            if checking || e.downcast_ref::<ConfigError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
         }
     }
 }

@@ -277,12 +277,14 @@ pub fn echo(req: &Request<Incoming>, path: &str, query: Option<&str>) -> Respons
     resp
 }
 
-/// Reads at most `limit` bytes of a request body (login forms); more is 413.
-pub async fn read_body_limited(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
+/// Reads at most `limit` bytes of a request body (login forms) within
+/// `timeout`; more is 413, slower is 408.
+pub async fn read_body_limited(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, GatewayError> {
     let limited = http_body_util::Limited::new(body, limit);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
-        Err(_) => Err(GatewayError::BadRequest("the request body could not be read")),
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(GatewayError::RequestTimeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::PayloadTooLarge),
+        Ok(Err(_)) => Err(GatewayError::BadRequest("the request body could not be read")),
     }
 }

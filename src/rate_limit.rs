@@ -65,12 +65,10 @@ impl LoginLimits {
     pub fn check_local(&self, ip: IpAddr, username: &str) -> Result<(), u64> {
         let key = cut(username);
         let now = DefaultClock::default().now();
-        let ip = self.per_ip.check_key(&ip).map_err(|n| n.wait_time_from(now));
-        let user = self.per_username.check_key(&key.to_string()).map_err(|n| n.wait_time_from(now));
-        match (ip, user) {
-            (Ok(()), Ok(())) => Ok(()),
-            (a, b) => Err(seconds(a.err().max(b.err()).unwrap_or_default())),
-        }
+        // An address already over its limit charges (and so creates) no
+        // username key: a refused spray of usernames costs no memory.
+        self.per_ip.check_key(&ip).map_err(|n| seconds(n.wait_time_from(now)))?;
+        self.per_username.check_key(&key.to_string()).map_err(|n| seconds(n.wait_time_from(now)))
     }
 
     /// Forgets keys whose limit has fully replenished, so a spray of

@@ -161,7 +161,14 @@ impl RouteTable {
     }
 
     /// The route whose path is the longest prefix of `path` on a segment boundary.
+    /// Matching ignores `;params` in every segment, as Java servers do when
+    /// they route (`/api;x/admin` is their `/api/admin`), so such a path
+    /// meets the checks of the route the upstream will really serve.
     pub fn match_route(&self, path: &str) -> Option<&Route> {
+        if path.contains(';') {
+            let bare = without_segment_params(path);
+            return self.routes.iter().find(|r| prefix_matches(&r.path, &bare));
+        }
         self.routes.iter().find(|r| prefix_matches(&r.path, path))
     }
 
@@ -188,6 +195,19 @@ impl RouteTable {
             l.prune();
         }
     }
+}
+
+/// `/a;x/b;y=1` -> `/a/b`; a segment that was only params goes away.
+fn without_segment_params(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for seg in path.split('/').skip(1).map(|seg| seg.split(';').next().unwrap_or("")).filter(|seg| !seg.is_empty()) {
+        out.push('/');
+        out.push_str(seg);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 /// `;` ends a segment too: Java servers route `/admin;jsessionid=x` to
@@ -242,6 +262,14 @@ mod tests {
         err("/a%2", PathError::BadEscape);
         err("/public/..;/admin", PathError::ParameterDotSegment);
         err("*", PathError::NotAbsolute);
+    }
+
+    #[test]
+    fn segment_params_are_ignored_for_matching() {
+        assert_eq!(without_segment_params("/api;/admin"), "/api/admin");
+        assert_eq!(without_segment_params("/a;x=1/b;y"), "/a/b");
+        assert_eq!(without_segment_params("/;/admin"), "/admin");
+        assert_eq!(without_segment_params("/admin;jsessionid=1"), "/admin");
     }
 
     #[test]

@@ -485,10 +485,11 @@ fn a_bad_users_file_is_a_config_error_naming_the_file_and_key() {
         assert!(stderr.contains(want), "wanted {want:?} in: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-    // A Redis store that cannot be reached: one clear line, no panic (not a config error: exit 1).
+    // A Redis store that cannot be reached: one clear line, no panic, and
+    // exit 2 like every failed `check` (SPEC §1).
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
     let redis = format!("kind = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"");
     let (code, stderr) = check(&good, |t| t.replacen("kind = \"memory\"", &redis, 1));
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("redis is unreachable") && !stderr.contains("panicked"), "{stderr}");
 }

@@ -116,6 +116,9 @@ async fn nginx_auth_request_passes_identity_and_refuses_bad_tokens() {
     // The route of the original URI decides: /admin needs the admin role.
     let r = http.get(url("/admin/panel")).bearer_auth(&token).send().await.expect("send");
     assert_eq!(r.status(), 403);
+    // A client naming a weaker route in X-Forwarded-Uri does not get it judged.
+    let r = http.get(url("/admin/panel")).bearer_auth(&token).header("X-Forwarded-Uri", "/").send().await.expect("send");
+    assert_eq!(r.status(), 403, "X-Forwarded-Uri from the client must not pick the route");
     assert_eq!(up.hits(), 1, "refused requests must not reach the backend");
     drop(nginx);
     gw.stop().await;

@@ -1,0 +1,92 @@
+//! Regressions from the security review, each named after what broke.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ROUTES: &str = "[[routes]]\npath = \"/api\"\nupstream = \"echo\"\nauth = \"public\"\n\n\
+                      [[routes]]\npath = \"/api/admin\"\nupstream = \"echo\"\nroles = [\"admin\"]\n\n\
+                      [[routes]]\npath = \"/\"\nupstream = \"echo\"\n";
+
+/// A client-set X-Forwarded-Uri next to nginx's X-Original-URI chose the
+/// route /auth/verify judged: a public route could stand in for /api/admin.
+#[tokio::test]
+async fn forward_auth_refuses_disagreeing_original_uri_headers() {
+    let gw = Gateway::start("", ROUTES).await;
+    let r = gw.client.get(gw.url("/auth/verify")).header("X-Original-URI", "/api/admin").send().await.expect("send");
+    assert_eq!(r.status(), 401);
+    let r = gw
+        .client
+        .get(gw.url("/auth/verify"))
+        .header("X-Original-URI", "/api/admin")
+        .header("X-Forwarded-Uri", "/api")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400, "disagreeing headers must not pick the weaker route");
+    let r = gw
+        .client
+        .get(gw.url("/auth/verify"))
+        .header("X-Original-URI", "/api/x")
+        .header("X-Forwarded-Uri", "/api/x")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "agreeing headers are fine");
+    gw.stop().await;
+}
+
+/// `/api;/admin` matched the public `/api` route and was forwarded as is,
+/// while Java upstreams serve it as `/api/admin`.
+#[tokio::test]
+async fn segment_params_do_not_escape_a_more_specific_route() {
+    let gw = Gateway::start("", ROUTES).await;
+    for path in ["/api;/admin", "/api;x=1/admin/users", "/api;/admin;jsessionid=2"] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let answer = raw_request(&gw, raw.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(status_of(&answer), 401, "{path}: {answer}");
+    }
+    let user = gw.token("u", json!({"roles": ["user"]}));
+    let raw = format!("GET /api;/admin HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {user}\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&raw_request(&gw, raw.as_bytes(), Duration::from_secs(5)).await), 403);
+    gw.stop().await;
+}
+
+/// A login body that never arrived held its connection (and a
+/// max_connections slot) forever: no deadline applied inside the service.
+#[tokio::test]
+async fn a_stalled_login_body_gets_408_within_body_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("users.toml"), format!("[[users]]\nusername = \"a\"\npassword_hash = \"{}\"\n", quick_hash("pw")))
+        .expect("users");
+    let text = with_server(&config_text(dir.path(), "[login]\nusers_file = \"users.toml\"\n", ROUTES), "body_timeout = \"2s\"");
+    let gw = Gateway::start_in(dir, &text).await;
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    s.write_all(b"POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nusername=a")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("an answer before 10s").expect("read");
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    gw.stop().await;
+}
+
+/// Route rate limits applied only on the proxy path, never to /auth/verify.
+#[tokio::test]
+async fn forward_auth_applies_the_route_rate_limit() {
+    let gw = Gateway::start("", "[[routes]]\npath = \"/\"\nupstream = \"echo\"\nrate_limit = \"2/minute\"\n").await;
+    let token = gw.token("alice", json!({}));
+    let verify = || gw.client.get(gw.url("/auth/verify")).header("X-Original-URI", "/x").bearer_auth(&token).send();
+    assert_eq!(verify().await.expect("send").status(), 200);
+    assert_eq!(verify().await.expect("send").status(), 200);
+    let r = verify().await.expect("send");
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    gw.stop().await;
+}
