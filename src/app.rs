@@ -282,7 +282,7 @@ impl App {
         let Some(limiter) = &route.limiter else { return Ok(()) };
         let key = match identity {
             Some(id) => Key::Subject(id.sub().to_owned()),
-            None => Key::Ip(client),
+            None => Key::Ip(crate::rate_limit::limit_key(client)),
         };
         limiter.check(&key).map_err(|retry_after_secs| GatewayError::RateLimited { retry_after_secs })
     }

@@ -45,6 +45,7 @@ impl LoginLimits {
     /// Counts one attempt against both limits, locally and then in a shared
     /// store: 429 when either is exhausted, 503 when the store cannot answer.
     pub async fn check(&self, store: &Arc<dyn Store>, ip: IpAddr, username: &str) -> Result<(), GatewayError> {
+        let ip = limit_key(ip);
         let key = cut(username);
         self.check_local(ip, key).map_err(|retry_after_secs| GatewayError::RateLimited { retry_after_secs })?;
         if !store.shared_limits() {
@@ -102,4 +103,32 @@ fn cut(username: &str) -> &str {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The address a limit counts against: IPv4 as it is, IPv6 by its /64, the
+/// block one subscriber holds (per address, a /64 would be a limit of 2^64).
+pub fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod limit_key_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("ip");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(limit_key(a), limit_key(b));
+        assert_ne!(limit_key(a), limit_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().expect("ip");
+        assert_eq!(limit_key(v4), v4);
+    }
 }
