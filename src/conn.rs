@@ -108,6 +108,29 @@ impl Activity {
     }
 }
 
+/// What an upgraded (WebSocket) connection keeps once hyper has handed it
+/// over: its `max_connections` slot, and the activity its `idle_timeout` is
+/// judged on. Travels in the request's extensions to the upgrade task.
+#[derive(Clone)]
+pub struct ConnHold {
+    pub slot: Arc<dyn std::any::Any + Send + Sync>,
+    pub activity: Arc<Activity>,
+    pub idle_timeout: Duration,
+}
+
+impl ConnHold {
+    /// Resolves once nothing has moved either way for `idle_timeout`.
+    pub async fn idle(&self) {
+        loop {
+            let quiet = Duration::from_millis(self.activity.now_ms().saturating_sub(self.activity.last.load(Relaxed)));
+            if quiet >= self.idle_timeout {
+                return;
+            }
+            tokio::time::sleep(self.idle_timeout - quiet).await;
+        }
+    }
+}
+
 pub struct RequestGuard(Arc<Activity>);
 
 impl Drop for RequestGuard {

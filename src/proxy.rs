@@ -201,6 +201,7 @@ pub async fn forward(
     s: &crate::config::ServerConfig,
 ) -> Result<Response<Body>, GatewayError> {
     let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let hold = req.extensions_mut().remove::<crate::conn::ConnHold>();
     let req = req.map(|b| TimedBody::new(b, s));
     let mut resp = match tokio::time::timeout(s.upstream_timeout, client.request(req)).await {
         Err(_) => return Err(GatewayError::GatewayTimeout),
@@ -215,7 +216,19 @@ pub async fn forward(
         tokio::spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((c, u)) => {
-                    let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                    let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
+                    // The tunnel keeps its connection slot and idle deadline.
+                    match &hold {
+                        Some(h) => tokio::select! {
+                            _ = copy => {}
+                            () = h.idle() => tracing::debug!("upgraded connection idle; closed"),
+                        },
+                        None => {
+                            let _ = copy.await;
+                        }
+                    }
+                    drop(hold);
                 }
                 Err(error) => tracing::debug!(%error, "upgrade failed"),
             }

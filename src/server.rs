@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use crate::app::{App, ConnInfo};
 use crate::config::{Config, ServerConfig};
-use crate::conn::{Activity, Expired, WatchedIo};
+use crate::conn::{Activity, ConnHold, Expired, WatchedIo};
 use crate::reload::Reloader;
 
 /// The App every new request uses; a reload swaps it.
@@ -152,10 +152,12 @@ pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdo
         let _ = tcp.set_nodelay(true);
         let open = app.load().metrics.connection();
         let acceptor = TlsAcceptor::from(tls.load_full());
-        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), acceptor, stop_rx.clone());
+        // Shared with an upgraded connection, which may outlive this task.
+        let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((permit, open));
+        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), acceptor, stop_rx.clone(), slot.clone());
         tokio::spawn(
             async move {
-                let _slot = (permit, open);
+                let _slot = slot;
                 task.await;
             }
             .instrument(tracing::info_span!("conn", %peer)),
@@ -180,6 +182,7 @@ async fn serve_connection(
     app: SharedApp,
     acceptor: TlsAcceptor,
     mut stop: watch::Receiver<bool>,
+    slot: Arc<dyn std::any::Any + Send + Sync>,
 ) {
     let (header_timeout, idle_timeout, builder) = {
         let s = &app.load().config.server;
@@ -193,9 +196,13 @@ async fn serve_connection(
     let activity = Activity::new();
     let io = TokioIo::new(WatchedIo::new(tls, activity.clone()));
     let svc_activity = activity.clone();
-    let svc = service_fn(move |req| {
+    let hold = ConnHold { slot, activity: activity.clone(), idle_timeout };
+    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let app = app.load_full();
         let guard = svc_activity.request();
+        if crate::proxy::wants_upgrade(&req) {
+            req.extensions_mut().insert(hold.clone());
+        }
         async move {
             let resp = app.handle(conn, req).await;
             drop(guard);

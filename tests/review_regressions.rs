@@ -90,3 +90,46 @@ async fn forward_auth_applies_the_route_rate_limit() {
     assert!(r.headers().contains_key("retry-after"));
     gw.stop().await;
 }
+
+/// An upgraded (WebSocket) connection gave back its max_connections slot
+/// and escaped idle_timeout as soon as hyper handed it over.
+#[tokio::test]
+async fn upgraded_connections_keep_their_slot_and_close_when_idle() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"{}\"\n", up.url());
+    let text = with_server(&config_text(dir.path(), "", &routes), "max_connections = 2\nidle_timeout = \"3s\"");
+    let gw = Gateway::start_in(dir, &text).await;
+    let token = gw.token("alice", json!({}));
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+        s.write_all(upgrade.as_bytes()).await.expect("write");
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("answer").expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 101"));
+        tunnels.push(s);
+    }
+    // Both slots are held by the tunnels: a third client waits.
+    let started = Instant::now();
+    let third = tokio::spawn({
+        let (client, url, token) = (gw.client.clone(), gw.url("/x"), token.clone());
+        async move { client.get(url).bearer_auth(token).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!third.is_finished(), "a third connection was served while two tunnels held the slots");
+    // Silent tunnels close at idle_timeout, and the third client gets in.
+    let status = tokio::time::timeout(Duration::from_secs(10), third).await.expect("served once the tunnels idle out").expect("join");
+    assert_eq!(status.expect("send"), 200);
+    assert!(started.elapsed() >= Duration::from_secs(2), "served after {:?}", started.elapsed());
+    for mut s in tunnels {
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed in time");
+        assert!(matches!(r, Ok(0) | Err(_)), "the idle tunnel must be closed");
+    }
+    gw.stop().await;
+}
