@@ -45,29 +45,9 @@ async fn login(gw: &Gateway, user: &str) -> reqwest::Response {
     gw.client.post(gw.url("/token")).form(&form).send().await.expect("send")
 }
 
-/// Client loops over keep-alive connections (HTTP/1.1 and HTTP/2) until
-/// stopped; returns (answered 200, anything else).
+/// Three keep-alive client loops (two HTTP/1.1, one HTTP/2) with `token`.
 fn traffic(gw: &Gateway, token: &str, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(usize, Vec<String>)>> {
-    let mut tasks = Vec::new();
-    for http2 in [false, false, true] {
-        let client = client_for(&gw.cert_path(), http2);
-        let (url, token, stop) = (gw.url("/"), token.to_string(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                match client.get(&url).bearer_auth(&token).send().await {
-                    Ok(r) if r.status() == 200 => match r.bytes().await {
-                        Ok(_) => ok += 1,
-                        Err(e) => failed.push(format!("body: {e}")),
-                    },
-                    Ok(r) => failed.push(format!("status {}", r.status())),
-                    Err(e) => failed.push(format!("{e:?}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
-    tasks
+    traffic_loops(&gw.cert_path(), &gw.url("/"), Some(token), &[false, false, true], stop)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

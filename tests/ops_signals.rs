@@ -36,24 +36,7 @@ async fn sighup_reloads_the_binary_under_traffic_without_a_failed_request() {
     let file = gw.dir.path().join("config.toml");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut loops = Vec::new();
-    for http2 in [false, true] {
-        let (client, url, stop) = (client_for(&gw.cert_path(), http2), gw.url("/"), stop.clone());
-        loops.push(tokio::spawn(async move {
-            let (mut ok, mut failed) = (0usize, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                match client.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => match r.bytes().await {
-                        Ok(_) => ok += 1,
-                        Err(e) => failed.push(format!("body: {e}")),
-                    },
-                    Ok(r) => failed.push(format!("status {}", r.status())),
-                    Err(e) => failed.push(format!("{e:?}")),
-                }
-            }
-            (ok, failed)
-        }));
-    }
+    let loops = traffic_loops(&gw.cert_path(), &gw.url("/"), None, &[false, true], stop.clone());
 
     for i in 0..10 {
         let flip = if i % 2 == 0 { "public" } else { "required" };

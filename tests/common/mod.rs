@@ -450,3 +450,39 @@ pub fn spawn_binary(dir: tempfile::TempDir, text: &str, env: &[(&str, &str)]) ->
     let client = client_for(&dir.path().join("cert.pem"), false);
     Spawned { gw: Gateway { running: None, addr, dir, client }, child, log: full_log }
 }
+
+/// Client loops over keep-alive connections (one per entry of `http2`:
+/// false = HTTP/1.1, true = HTTP/2) until `stop`; each returns (answered
+/// 200 with a full body, every other outcome).
+pub fn traffic_loops(
+    cert: &Path,
+    url: &str,
+    token: Option<&str>,
+    http2: &[bool],
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(usize, Vec<String>)>> {
+    http2
+        .iter()
+        .map(|h2| {
+            let (client, url, token, stop) = (client_for(cert, *h2), url.to_string(), token.map(String::from), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let mut req = client.get(&url);
+                    if let Some(t) = &token {
+                        req = req.bearer_auth(t);
+                    }
+                    match req.send().await {
+                        Ok(r) if r.status() == 200 => match r.bytes().await {
+                            Ok(_) => ok += 1,
+                            Err(e) => failed.push(format!("body: {e}")),
+                        },
+                        Ok(r) => failed.push(format!("status {}", r.status())),
+                        Err(e) => failed.push(format!("{e:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
