@@ -300,45 +300,38 @@ declare -A TOKEN=(
 # Enough connections for the clients and the upstream side, within the fd limit.
 MAXCONN=$((CONNS * 2 + 256))
 
-cat >"$WORK/nginx-upstream.conf" <<EOF
+# The part every nginx config here shares: one worker, no access log, temp
+# folders and logs under $WORK. $1 = config name, $2 = temp-folder prefix.
+nginx_preamble() {
+    cat <<EOF
 worker_processes 1;
 daemon off;
 user root;
-pid $WORK/nginx-upstream.pid;
-error_log $WORK/logs/nginx-upstream.err warn;
+pid $WORK/$1.pid;
+error_log $WORK/logs/$1.err warn;
 events { worker_connections $MAXCONN; }
 http {
     access_log off;
-    client_body_temp_path $WORK/nginx-tmp/up-body;
-    proxy_temp_path $WORK/nginx-tmp/up-proxy;
-    fastcgi_temp_path $WORK/nginx-tmp/up-fastcgi;
-    uwsgi_temp_path $WORK/nginx-tmp/up-uwsgi;
-    scgi_temp_path $WORK/nginx-tmp/up-scgi;
+    client_body_temp_path $WORK/nginx-tmp/$2-body;
+    proxy_temp_path $WORK/nginx-tmp/$2-proxy;
+    fastcgi_temp_path $WORK/nginx-tmp/$2-fastcgi;
+    uwsgi_temp_path $WORK/nginx-tmp/$2-uwsgi;
+    scgi_temp_path $WORK/nginx-tmp/$2-scgi;
     keepalive_requests 100000000;
     keepalive_timeout 300s;
+EOF
+}
+
+{ nginx_preamble nginx-upstream up; cat <<EOF
     server {
         listen 127.0.0.1:$P_UP;
         location / { default_type text/plain; return 200 "ok"; }
     }
 }
 EOF
+} >"$WORK/nginx-upstream.conf"
 
-cat >"$WORK/nginx-proxy.conf" <<EOF
-worker_processes 1;
-daemon off;
-user root;
-pid $WORK/nginx-proxy.pid;
-error_log $WORK/logs/nginx-proxy.err warn;
-events { worker_connections $MAXCONN; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/nginx-tmp/px-body;
-    proxy_temp_path $WORK/nginx-tmp/px-proxy;
-    fastcgi_temp_path $WORK/nginx-tmp/px-fastcgi;
-    uwsgi_temp_path $WORK/nginx-tmp/px-uwsgi;
-    scgi_temp_path $WORK/nginx-tmp/px-scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
+{ nginx_preamble nginx-proxy px; cat <<EOF
     upstream up {
         server 127.0.0.1:$P_UP;
         keepalive 128;
@@ -358,6 +351,7 @@ http {
     }
 }
 EOF
+} >"$WORK/nginx-proxy.conf"
 
 haproxy_config() { # name port alg key
     local name=$1 port=$2 alg=$3 key=$4
