@@ -26,3 +26,54 @@ fn completions_and_man_page() {
     let (ok, _) = run(&["completions", "tcsh"]);
     assert!(!ok, "an unknown shell is an error");
 }
+
+#[test]
+fn hash_password_reads_stdin_and_drops_one_trailing_newline() {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    use std::io::Write;
+    let hash_of = |input: &[u8]| {
+        let mut child = Command::new(common::bin())
+            .arg("hash-password")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child.stdin.take().expect("stdin").write_all(input).expect("write");
+        let out = child.wait_with_output().expect("wait");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let (ok, hash) = hash_of(b"s3cret pass\n");
+    assert!(ok && hash.starts_with("$argon2id$"), "{hash}");
+    let parsed = PasswordHash::new(&hash).expect("a PHC string");
+    assert!(argon2::Argon2::default().verify_password(b"s3cret pass", &parsed).is_ok(), "the newline must be dropped");
+    assert!(argon2::Argon2::default().verify_password(b"s3cret pass\n", &parsed).is_err());
+    let (ok, _) = hash_of(b"");
+    assert!(!ok, "an empty password is refused");
+}
+
+#[test]
+fn the_config_comes_from_the_flag_then_authgate_config_then_the_working_folder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = common::config_text(dir.path(), "", "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n");
+    std::fs::write(dir.path().join("config.toml"), &text).expect("write");
+    let other = tempfile::tempdir().expect("tempdir");
+    let check = |cwd: &std::path::Path, env: Option<&std::path::Path>| {
+        let mut cmd = Command::new(common::bin());
+        cmd.arg("check").current_dir(cwd).env_remove("AUTHGATE_CONFIG");
+        if let Some(p) = env {
+            cmd.env("AUTHGATE_CONFIG", p);
+        }
+        let out = cmd.output().expect("run");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // ./config.toml in the working folder.
+    let (code, out) = check(dir.path(), None);
+    assert_eq!(code, Some(0), "{out}");
+    // $AUTHGATE_CONFIG from anywhere.
+    let (code, out) = check(other.path(), Some(&dir.path().join("config.toml")));
+    assert_eq!(code, Some(0), "{out}");
+    // Neither: the missing ./config.toml is a config error, exit 2.
+    let (code, _) = check(other.path(), None);
+    assert_eq!(code, Some(2));
+}
