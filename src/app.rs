@@ -48,6 +48,9 @@ pub struct ConnInfo {
 /// filled in by the pipeline as it goes.
 pub struct Trace {
     pub client: IpAddr,
+    /// The socket's peer: what X-Forwarded-For gets appended (the client
+    /// above is who that chain names, when the peer is a trusted proxy).
+    pub peer: IpAddr,
     /// The normalised path (the raw one when it could not be normalised);
     /// never the query string.
     pub path: String,
@@ -138,6 +141,7 @@ impl App {
         let origin = self.cors.as_ref().and_then(|_| req.headers().get(header::ORIGIN).cloned());
         let mut t = Trace {
             client: self.client_ip(conn.peer, req.headers()),
+            peer: conn.peer.ip().to_canonical(),
             path: String::new(),
             route: None,
             identity: None,
@@ -219,7 +223,7 @@ impl App {
 
         let host =
             req.headers().get(header::HOST).cloned().or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let fwd = Forwarded { peer: t.client, host: host.as_ref() };
+        let fwd = Forwarded { peer: t.peer, host: host.as_ref() };
         let upgrade = proxy::wants_upgrade(&req).then(|| req.headers().get(header::UPGRADE).cloned()).flatten();
         proxy::rewrite_headers(req.headers_mut(), &fwd, upgrade, self.config.identity.forward_authorization);
         // After the hop-by-hop removal, so that a client's `Connection:

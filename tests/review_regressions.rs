@@ -133,3 +133,18 @@ async fn upgraded_connections_keep_their_slot_and_close_when_idle() {
     }
     gw.stop().await;
 }
+
+/// From a trusted proxy, X-Forwarded-For got the resolved client appended
+/// again instead of the proxy's own address: "1.2.3.4, 1.2.3.4".
+#[tokio::test]
+async fn x_forwarded_for_appends_the_socket_peer_even_behind_a_trusted_proxy() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"{}\"\nauth = \"public\"\n", up.url());
+    let text = with_server(&config_text(dir.path(), "", &routes), "trusted_proxies = [\"127.0.0.1/32\"]");
+    let gw = Gateway::start_in(dir, &text).await;
+    let r = gw.client.get(gw.url("/x")).header("X-Forwarded-For", "203.0.113.9").send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    gw.stop().await;
+}
