@@ -4,11 +4,17 @@
 //! connection on which nothing has moved for that long. hyper's own header
 //! timer also runs while a connection is idle, which would cap keep-alive
 //! at the header timeout; this replaces it.
+//!
+//! It also lets an idle HTTP/1 connection be *parked*: once nothing has moved
+//! for a moment and hyper holds no bytes of a request, `WatchedIo` answers
+//! hyper's next read with end-of-file. hyper then finishes that connection
+//! cleanly, its buffers (about 24 KB) are freed, and the server keeps only the
+//! TLS stream until the socket is readable again (see `server.rs`).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -25,6 +31,19 @@ pub struct Activity {
     busy: AtomicUsize,
     /// wakes the watchdog when a head starts (its deadline is nearer)
     head_notify: tokio::sync::Notify,
+    /// response bodies hyper has not finished with (dropped)
+    responding: AtomicUsize,
+    /// a write was handed to the IO and not flushed since
+    dirty: AtomicBool,
+    /// nothing has been read since this HTTP/1 session (re)started
+    fresh: AtomicBool,
+    /// the last read ended with a head's blank line
+    read_ended_head: AtomicBool,
+    /// hyper's buffer is known to be empty: the last request came whole in
+    /// the last read (which ended with its blank line) and has no body
+    clean: AtomicBool,
+    /// the watchdog decided this connection should park at its next idle read
+    park: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +52,13 @@ pub enum Expired {
     HeaderRead,
     /// Nothing moved for `idle_timeout` between requests.
     Idle,
+    /// Idle long enough to park (HTTP/1 only; see `WatchedIo`).
+    Park,
 }
+
+/// How long an HTTP/1 connection whose buffers are known to be empty stays
+/// quiet before it parks.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 impl Activity {
     pub fn new() -> Arc<Activity> {
@@ -43,6 +68,12 @@ impl Activity {
             head_started: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
             head_notify: tokio::sync::Notify::new(),
+            responding: AtomicUsize::new(0),
+            dirty: AtomicBool::new(false),
+            fresh: AtomicBool::new(true),
+            read_ended_head: AtomicBool::new(false),
+            clean: AtomicBool::new(false),
+            park: AtomicBool::new(false),
         })
     }
 
@@ -50,9 +81,18 @@ impl Activity {
         self.start.elapsed().as_millis() as u64
     }
 
-    fn on_read(&self) {
+    /// How long nothing has moved either way.
+    pub fn quiet(&self) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(self.last.load(Relaxed)))
+    }
+
+    fn on_read(&self, data: &[u8]) {
         let now = self.now_ms();
         self.last.store(now, Relaxed);
+        self.fresh.store(false, Relaxed);
+        self.clean.store(false, Relaxed);
+        self.park.store(false, Relaxed);
+        self.read_ended_head.store(data.ends_with(b"\r\n\r\n"), Relaxed);
         if self.busy.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
             self.head_started.store(now + 1, Relaxed);
             self.head_notify.notify_one();
@@ -64,15 +104,45 @@ impl Activity {
     }
 
     /// A request head was parsed and handed to the service. The guard marks
-    /// the end of the service call when dropped.
-    pub fn request(self: &Arc<Self>) -> RequestGuard {
+    /// the end of the service call when dropped. `whole` says the request has
+    /// no body (and is no upgrade): if the read that brought its head ended
+    /// with that head, hyper now holds none of the next request's bytes.
+    pub fn request(self: &Arc<Self>, whole: bool) -> RequestGuard {
+        self.clean.store(whole && self.read_ended_head.load(Relaxed), Relaxed);
         self.head_started.store(0, Relaxed);
         self.busy.fetch_add(1, Relaxed);
         RequestGuard(self.clone())
     }
 
-    /// Ok(how long until the next check) or which deadline passed.
-    fn check(&self, header_timeout: Duration, idle_timeout: Duration) -> Result<Duration, Expired> {
+    /// Marks a response body as in flight until the guard is dropped (hyper
+    /// drops the body once it has taken all of it, or gives up on it).
+    pub fn responding(self: &Arc<Self>) -> ResponseGuard {
+        self.responding.fetch_add(1, Relaxed);
+        ResponseGuard(self.clone())
+    }
+
+    /// No request or response is in flight and every write was flushed.
+    fn settled(&self) -> bool {
+        self.busy.load(Relaxed) == 0 && self.responding.load(Relaxed) == 0 && !self.dirty.load(Relaxed)
+    }
+
+    /// A new HTTP/1 session begins on a connection that was parked.
+    pub fn unparked(&self) {
+        self.fresh.store(true, Relaxed);
+        self.clean.store(false, Relaxed);
+        self.park.store(false, Relaxed);
+    }
+
+    /// Asks the IO to park at hyper's next read that finds nothing to read.
+    pub fn park_soon(&self) {
+        self.park.store(true, Relaxed);
+    }
+
+    /// Ok(how long until the next check) or which deadline passed. With
+    /// `park`, a settled connection parks after `PARK_AFTER` of quiet when
+    /// hyper's buffer is known to be empty, else after `header_timeout`
+    /// (a head that stalls that long would be cut off anyway).
+    fn check(&self, header_timeout: Duration, idle_timeout: Duration, park: bool) -> Result<Duration, Expired> {
         let now = self.now_ms();
         let mut next = idle_timeout;
         let hs = self.head_started.load(Relaxed);
@@ -88,14 +158,29 @@ impl Activity {
                 return Err(Expired::Idle);
             }
             next = next.min(idle_timeout - quiet);
+            if park && !self.park.load(Relaxed) {
+                if self.settled() {
+                    let known_empty = self.fresh.load(Relaxed) || self.clean.load(Relaxed);
+                    let after = if known_empty { PARK_AFTER.min(header_timeout) } else { header_timeout };
+                    if quiet >= after {
+                        return Err(Expired::Park);
+                    }
+                    next = next.min(after - quiet);
+                } else {
+                    next = next.min(PARK_AFTER);
+                }
+            }
+        } else if park {
+            // Nothing wakes the watchdog when a request finishes: look again soon.
+            next = next.min(PARK_AFTER);
         }
         Ok(next.max(Duration::from_millis(10)))
     }
 
     /// Resolves when a deadline passes.
-    pub async fn watchdog(self: Arc<Self>, header_timeout: Duration, idle_timeout: Duration) -> Expired {
+    pub async fn watchdog(self: Arc<Self>, header_timeout: Duration, idle_timeout: Duration, park: bool) -> Expired {
         loop {
-            match self.check(header_timeout, idle_timeout) {
+            match self.check(header_timeout, idle_timeout, park) {
                 Ok(wait) => {
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
@@ -140,24 +225,67 @@ impl Drop for RequestGuard {
     }
 }
 
-/// An IO stream that reports its reads and writes to an `Activity`.
+pub struct ResponseGuard(Arc<Activity>);
+
+impl Drop for ResponseGuard {
+    fn drop(&mut self) {
+        self.0.responding.fetch_sub(1, Relaxed);
+    }
+}
+
+/// An IO stream that reports its reads and writes to an `Activity`, and
+/// (HTTP/1, `parking`) ends hyper's session when the connection parks.
 pub struct WatchedIo<T> {
     inner: T,
     activity: Arc<Activity>,
+    parking: bool,
+    parked: bool,
+    /// bytes hyper had read but not used when the last session ended
+    prefix: bytes::Bytes,
 }
 
 impl<T> WatchedIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        WatchedIo { inner, activity }
+        WatchedIo { inner, activity, parking: false, parked: false, prefix: bytes::Bytes::new() }
+    }
+
+    /// An HTTP/1 session that may park; `prefix` is read before `inner`.
+    pub fn parking(inner: T, activity: Arc<Activity>, prefix: bytes::Bytes) -> Self {
+        WatchedIo { inner, activity, parking: true, parked: false, prefix }
+    }
+
+    /// Whether this session ended because the connection parked (the
+    /// end-of-file hyper saw came from here, not from the client).
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    pub fn into_inner(self) -> T {
+        self.inner
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            self.activity.on_read(&head);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.on_read();
+        match r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => self.activity.on_read(&buf.filled()[before..]),
+            // Nothing to read, no request in flight, hyper's buffer empty:
+            // end this session here. hyper takes the end-of-file as a client
+            // that left between requests and finishes without writing.
+            Poll::Pending if self.parking && self.activity.park.load(Relaxed) && self.activity.settled() => {
+                self.parked = true;
+                return Poll::Ready(Ok(()));
+            }
+            _ => {}
         }
         r
     }
@@ -165,6 +293,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.activity.dirty.store(true, Relaxed);
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.on_write();
@@ -173,6 +302,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     }
 
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        self.activity.dirty.store(true, Relaxed);
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.on_write();
@@ -185,10 +315,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            self.activity.dirty.store(false, Relaxed);
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parked {
+            // hyper closes a session that parked; the TLS stream lives on.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -201,12 +339,12 @@ mod tests {
     fn deadlines() {
         let a = Activity::new();
         let (h, i) = (Duration::from_secs(10), Duration::from_secs(60));
-        assert!(a.check(h, i).is_ok());
-        a.on_read();
-        assert!(a.check(h, i).expect("fresh head") <= h);
-        let g = a.request();
+        assert!(a.check(h, i, false).is_ok());
+        a.on_read(b"GET / HTTP/1.1\r\n");
+        assert!(a.check(h, i, false).expect("fresh head") <= h);
+        let g = a.request(true);
         assert_eq!(a.head_started.load(Relaxed), 0, "a complete head stops the header timer");
-        a.on_read();
+        a.on_read(b"body");
         assert_eq!(a.head_started.load(Relaxed), 0, "body bytes of a request in flight are no new head");
         drop(g);
         assert_eq!(a.busy.load(Relaxed), 0);

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub logins: Family<Outcome, Counter>,
     pub rate_limited: Family<Route, Counter>,
     pub open_connections: Gauge<i64, AtomicI64>,
+    /// HTTP/1 connections parked between requests (see `server.rs`).
+    pub parked_connections: Gauge<i64, AtomicI64>,
     pub store_errors: Counter,
     /// The route label of requests that match no route or that authgate
     /// answers itself (`/token`, JWKS, `/auth/verify`, CORS preflights).
@@ -64,6 +66,7 @@ impl Metrics {
         let logins = Family::<Outcome, Counter>::default();
         let rate_limited = Family::<Route, Counter>::default();
         let open_connections = Gauge::<i64, AtomicI64>::default();
+        let parked_connections = Gauge::<i64, AtomicI64>::default();
         let store_errors = Counter::default();
         registry.register("requests", "Requests answered, by route and status", requests.clone());
         registry.register("auth_failures", "Requests refused by authentication, by reason", auth_failures.clone());
@@ -75,6 +78,11 @@ impl Metrics {
             rate_limited.clone(),
         );
         registry.register("open_connections", "Client connections open now", open_connections.clone());
+        registry.register(
+            "parked_connections",
+            "Idle HTTP/1 connections parked between requests, holding no HTTP buffers",
+            parked_connections.clone(),
+        );
         registry.register("store_errors", "Store operations that failed", store_errors.clone());
         Metrics {
             registry,
@@ -84,6 +92,7 @@ impl Metrics {
             logins,
             rate_limited,
             open_connections,
+            parked_connections,
             store_errors,
             none: Arc::new("none".into()),
             login: Arc::new("login".into()),
@@ -119,6 +128,11 @@ impl Metrics {
         self.logins.get_or_create(&Outcome { outcome }).inc();
     }
 
+    pub fn parked(self: &Arc<Self>) -> ParkedGuard {
+        self.parked_connections.inc();
+        ParkedGuard(self.clone())
+    }
+
     /// +1 open connection until the guard drops.
     pub fn connection(self: &Arc<Self>) -> ConnectionGuard {
         self.open_connections.inc();
@@ -129,6 +143,15 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// +1 parked connection until dropped.
+pub struct ParkedGuard(Arc<Metrics>);
+
+impl Drop for ParkedGuard {
+    fn drop(&mut self) {
+        self.0.parked_connections.dec();
     }
 }
 

@@ -7,22 +7,26 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http_body::Body as _;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::app::{App, ConnInfo};
+use crate::body::Body;
 use crate::config::{Config, ServerConfig};
-use crate::conn::{Activity, ConnHold, Expired, WatchedIo};
+use crate::conn::{Activity, ConnHold, Expired, ResponseGuard, WatchedIo};
 use crate::reload::Reloader;
 
 /// The App every new request uses; a reload swaps it.
@@ -109,21 +113,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running { addr, admin_addr, redirect_addr, reloader, stop, task, side })
 }
 
-fn http_builder(s: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+fn http1_builder(s: &ServerConfig) -> http1::Builder {
+    let mut b = http1::Builder::new();
     // Hard limits sit above the configured ones so that the pipeline answers
     // most oversized heads with its JSON 431; hyper's bare 431 is the backstop.
-    b.http1()
-        .timer(TokioTimer::new())
+    b.timer(TokioTimer::new())
         // conn::Activity enforces header_read_timeout from a head's first byte.
         .header_read_timeout(None)
         .max_headers(s.max_headers * 2)
         .max_buf_size((s.max_header_bytes * 4).max(8192 * 2))
         .keep_alive(true);
+    b
+}
+
+fn http2_builder(s: &ServerConfig) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
     // Rapid reset (CVE-2023-44487): a client that opens and cancels streams
     // faster than they are served gets GOAWAY once 50 are pending.
-    b.http2()
-        .timer(TokioTimer::new())
+    b.timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size((s.max_header_bytes * 4) as u32)
         .max_pending_accept_reset_streams(Some(50))
@@ -154,14 +161,10 @@ pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdo
         let acceptor = TlsAcceptor::from(tls.load_full());
         // Shared with an upgraded connection, which may outlive this task.
         let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((permit, open));
-        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), acceptor, stop_rx.clone(), slot.clone());
-        tokio::spawn(
-            async move {
-                let _slot = slot;
-                task.await;
-            }
-            .instrument(tracing::info_span!("conn", %peer)),
-        );
+        // The slot travels into the connection's service, which holds it until
+        // the connection is done (or hands it on to an upgraded connection).
+        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), acceptor, stop_rx.clone(), slot);
+        tokio::spawn(task.instrument(tracing::info_span!("conn", %peer)));
     }
     drop(listener);
     let open = max_connections - slots.available_permits();
@@ -174,66 +177,183 @@ pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdo
     }
 }
 
+/// A response body that tells the connection when hyper is done with it.
+struct Tracked {
+    inner: Body,
+    _guard: ResponseGuard,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// One connection: TLS handshake under the header timeout, then HTTP until
 /// the client leaves, a deadline passes, or shutdown asks it to finish.
+///
+/// HTTP/1 runs as a series of hyper sessions over the one TLS stream: when
+/// the connection has been idle for a moment (`conn::PARK_AFTER`) it
+/// *parks*: hyper's session ends and its buffers are freed, and the task
+/// waits for the socket to become readable holding only the TLS stream. This
+/// is what keeps thousands of idle keep-alive connections cheap.
 async fn serve_connection(
-    tcp: tokio::net::TcpStream,
+    tcp: TcpStream,
     conn: ConnInfo,
     app: SharedApp,
     acceptor: TlsAcceptor,
     mut stop: watch::Receiver<bool>,
     slot: Arc<dyn std::any::Any + Send + Sync>,
 ) {
-    let (header_timeout, idle_timeout, builder) = {
+    let (header_timeout, idle_timeout, h1, h2) = {
         let s = &app.load().config.server;
-        (s.header_read_timeout, s.idle_timeout, http_builder(s))
+        (s.header_read_timeout, s.idle_timeout, http1_builder(s), http2_builder(s))
     };
-    let tls = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
+    // Boxed, here and below, so that an idle connection's task stays small:
+    // the handshake's state is freed once done, and a TLS stream moved
+    // between hyper sessions is one pointer.
+    let mut tls = match tokio::time::timeout(header_timeout, Box::pin(acceptor.accept(tcp))).await {
+        Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
         Err(_) => return tracing::debug!("TLS handshake timed out"),
     };
     let activity = Activity::new();
-    let io = TokioIo::new(WatchedIo::new(tls, activity.clone()));
     let svc_activity = activity.clone();
+    let current = app.clone();
     let hold = ConnHold { slot, activity: activity.clone(), idle_timeout };
     let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let app = app.load_full();
-        let guard = svc_activity.request();
-        if crate::proxy::wants_upgrade(&req) {
+        let upgrade = crate::proxy::wants_upgrade(&req);
+        let guard = svc_activity.request(!upgrade && req.body().is_end_stream());
+        let responding = svc_activity.responding();
+        if upgrade {
             req.extensions_mut().insert(hold.clone());
         }
         async move {
             let resp = app.handle(conn, req).await;
             drop(guard);
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _guard: responding }))
         }
     });
-    let connection = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(connection);
-    let finish_gracefully = tokio::select! {
-        r = connection.as_mut() => {
-            if let Err(error) = r {
-                tracing::debug!(%error, "connection ended with an error");
-            }
+    let deadlines = Deadlines { header: header_timeout, idle: idle_timeout };
+
+    // HTTP/2 only when the client asked for it by ALPN (RFC 9113, 3.2).
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let io = TokioIo::new(WatchedIo::new(tls, activity.clone()));
+        let mut connection = Box::pin(h2.serve_connection(io, svc));
+        drive(connection.as_mut(), |c| c.graceful_shutdown(), &activity, &mut stop, deadlines, false).await;
+        return;
+    }
+
+    drop(h2);
+    let mut prefix = bytes::Bytes::new();
+    loop {
+        let io = TokioIo::new(WatchedIo::parking(tls, activity.clone(), prefix));
+        let mut connection = Box::pin(h1.serve_connection(io, svc.clone()).with_upgrades());
+        if !drive(connection.as_mut(), |c| c.graceful_shutdown(), &activity, &mut stop, deadlines, true).await {
             return;
         }
-        expired = activity.clone().watchdog(header_timeout, idle_timeout) => {
-            tracing::debug!(?expired, "connection deadline passed");
-            expired == Expired::Idle
+        // The session ended cleanly: the client left, the connection was
+        // upgraded (hyper has the stream), or it parked.
+        // Everything of hyper's is dropped here, before the wait. (The bytes
+        // it had read and not used are copied: its Bytes would keep its whole
+        // read buffer alive.)
+        let Some(parts) = Pin::into_inner(connection).into_parts() else { return };
+        let io = parts.io.into_inner();
+        if !io.is_parked() {
+            return;
         }
-        _ = stop.wait_for(|s| *s) => true,
+        prefix = if parts.read_buf.is_empty() { bytes::Bytes::new() } else { bytes::Bytes::copy_from_slice(&parts.read_buf) };
+        drop(parts.read_buf);
+        drop(parts.service);
+        tls = io.into_inner();
+        if prefix.is_empty() {
+            let _parked = current.load().metrics.parked();
+            let wait = idle_timeout.saturating_sub(activity.quiet());
+            let readable = tokio::select! {
+                r = tokio::time::timeout(wait, tls.get_ref().0.readable()) => matches!(r, Ok(Ok(()))),
+                _ = stop.wait_for(|s| *s) => false,
+            };
+            if !readable {
+                // Idle past idle_timeout, or shutting down: close_notify, then close.
+                let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+                return;
+            }
+        }
+        activity.unparked();
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Deadlines {
+    header: Duration,
+    idle: Duration,
+}
+
+/// Runs one hyper connection under the connection's deadlines and shutdown.
+/// True when it finished cleanly on its own (for HTTP/1: the client left,
+/// the connection was upgraded, or it parked); false when it failed, a
+/// deadline cut it off or shutdown drained it.
+async fn drive<C>(
+    mut connection: Pin<&mut C>,
+    graceful: impl Fn(Pin<&mut C>),
+    activity: &Arc<Activity>,
+    stop: &mut watch::Receiver<bool>,
+    deadlines: Deadlines,
+    park: bool,
+) -> bool
+where
+    C: Future<Output = hyper::Result<()>>,
+{
+    let finish_gracefully = loop {
+        tokio::select! {
+            biased;
+            r = connection.as_mut() => {
+                return match r {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::debug!(%error, "connection ended with an error");
+                        false
+                    }
+                };
+            }
+            expired = activity.clone().watchdog(deadlines.header, deadlines.idle, park) => {
+                if expired == Expired::Park {
+                    // Polled again at once: hyper's read finds nothing and parks.
+                    activity.park_soon();
+                    continue;
+                }
+                tracing::debug!(?expired, "connection deadline passed");
+                break expired == Expired::Idle;
+            }
+            _ = stop.wait_for(|s| *s) => break true,
+        }
     };
     if finish_gracefully {
         // Lets an in-flight response finish; an idle connection closes at once.
         // A response that stops moving (its client stopped reading) is dropped
         // after idle_timeout of silence instead of holding the connection forever.
-        connection.as_mut().graceful_shutdown();
+        graceful(connection.as_mut());
         tokio::select! {
             _ = connection.as_mut() => {}
-            _ = activity.watchdog(header_timeout, idle_timeout) => tracing::debug!("connection stalled while finishing; dropped"),
+            _ = activity.clone().watchdog(deadlines.header, deadlines.idle, false) => tracing::debug!("connection stalled while finishing; dropped"),
         }
     }
+    false
 }
 
 /// The next connection, or None once `shutdown` resolves. An accept error
