@@ -29,8 +29,13 @@ pub struct Activity {
     head_started: AtomicU64,
     /// requests handed to the service and not yet answered
     busy: AtomicUsize,
-    /// wakes the watchdog when a head starts (its deadline is nearer)
+    /// wakes the watchdog when a head starts and its deadline is nearer
+    /// than the watchdog's next wake-up (`wake_at`)
     head_notify: tokio::sync::Notify,
+    /// ms since `start` at which the watchdog wakes next
+    wake_at: AtomicU64,
+    /// `header_read_timeout` in ms
+    header_ms: u64,
     /// response bodies hyper has not finished with (dropped)
     responding: AtomicUsize,
     /// a write was handed to the IO and not flushed since
@@ -61,8 +66,10 @@ pub enum Expired {
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 impl Activity {
-    pub fn new() -> Arc<Activity> {
+    pub fn new(header_timeout: Duration) -> Arc<Activity> {
         Arc::new(Activity {
+            wake_at: AtomicU64::new(0),
+            header_ms: u64::try_from(header_timeout.as_millis()).unwrap_or(u64::MAX),
             start: Instant::now(),
             last: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
@@ -95,7 +102,11 @@ impl Activity {
         self.read_ended_head.store(data.ends_with(b"\r\n\r\n"), Relaxed);
         if self.busy.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
             self.head_started.store(now + 1, Relaxed);
-            self.head_notify.notify_one();
+            // Waking the watchdog means another poll of the whole connection:
+            // only when it would otherwise sleep past this head's deadline.
+            if self.wake_at.load(Relaxed) > now.saturating_add(self.header_ms) {
+                self.head_notify.notify_one();
+            }
         }
     }
 
@@ -182,6 +193,8 @@ impl Activity {
         loop {
             match self.check(header_timeout, idle_timeout, park) {
                 Ok(wait) => {
+                    let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+                    self.wake_at.store(self.now_ms().saturating_add(wait_ms), Relaxed);
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = self.head_notify.notified() => {}
@@ -337,7 +350,7 @@ mod tests {
 
     #[test]
     fn deadlines() {
-        let a = Activity::new();
+        let a = Activity::new(Duration::from_secs(10));
         let (h, i) = (Duration::from_secs(10), Duration::from_secs(60));
         assert!(a.check(h, i, false).is_ok());
         a.on_read(b"GET / HTTP/1.1\r\n");

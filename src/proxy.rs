@@ -2,6 +2,7 @@
 //! X-Forwarded-*), the pooled keep-alive client, streaming both bodies,
 //! WebSocket upgrades, and the built-in `echo` upstream.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -45,14 +46,22 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+    // Most requests carry none: one pass over the names and done.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+    for token in headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')) {
+        let token = token.trim();
+        // `keep-alive`, `upgrade` and the like are on the list already; `close` names no header.
+        if token.eq_ignore_ascii_case("close") || HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token)) {
+            continue;
+        }
+        if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+            doomed.push(n);
+        }
+    }
+    for n in &doomed {
         headers.remove(n);
     }
 }
@@ -100,15 +109,15 @@ pub fn rewrite_headers(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: Op
         headers.insert(header::UPGRADE, u);
     }
     // X-Forwarded-For: append the peer to whatever chain came before it.
-    let mut xff = String::new();
+    let mut xff = String::with_capacity(48);
     for prev in headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
         if !prev.trim().is_empty() {
             xff.push_str(prev.trim());
             xff.push_str(", ");
         }
     }
-    xff.push_str(&fwd.peer.to_string());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let _ = write!(xff, "{}", fwd.peer);
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HTTPS.clone());

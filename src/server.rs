@@ -231,7 +231,7 @@ async fn serve_connection(
         Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
         Err(_) => return tracing::debug!("TLS handshake timed out"),
     };
-    let activity = Activity::new();
+    let activity = Activity::new(header_timeout);
     let svc_activity = activity.clone();
     let current = app.clone();
     let hold = ConnHold { slot, activity: activity.clone(), idle_timeout };
