@@ -6,8 +6,9 @@
 //! at the header timeout; this replaces it.
 //!
 //! It also lets an idle HTTP/1 connection be *parked*: once nothing has moved
-//! for a moment and hyper holds no bytes of a request, `WatchedIo` answers
-//! hyper's next read with end-of-file. hyper then finishes that connection
+//! for a moment and hyper is known to be between requests, holding no bytes
+//! of the next one (see `Activity::check`), `WatchedIo` answers hyper's next
+//! read with end-of-file. hyper then finishes that connection
 //! cleanly, its buffers (about 24 KB) are freed, and the server keeps only the
 //! TLS stream until the socket is readable again (see `server.rs`).
 
@@ -49,6 +50,8 @@ pub struct Activity {
     clean: AtomicBool,
     /// the watchdog decided this connection should park at its next idle read
     park: AtomicBool,
+    /// ms since `start` of the last unpark
+    unparked_at: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +84,7 @@ impl Activity {
             read_ended_head: AtomicBool::new(false),
             clean: AtomicBool::new(false),
             park: AtomicBool::new(false),
+            unparked_at: AtomicU64::new(0),
         })
     }
 
@@ -139,6 +143,7 @@ impl Activity {
 
     /// A new HTTP/1 session begins on a connection that was parked.
     pub fn unparked(&self) {
+        self.unparked_at.store(self.now_ms(), Relaxed);
         self.fresh.store(true, Relaxed);
         self.clean.store(false, Relaxed);
         self.park.store(false, Relaxed);
@@ -150,9 +155,15 @@ impl Activity {
     }
 
     /// Ok(how long until the next check) or which deadline passed. With
-    /// `park`, a settled connection parks after `PARK_AFTER` of quiet when
-    /// hyper's buffer is known to be empty, else after `header_timeout`
-    /// (a head that stalls that long would be cut off anyway).
+    /// `park`, a settled connection parks after `PARK_AFTER` of quiet, but
+    /// only when hyper is known to be between requests with none of the
+    /// next one's bytes (`fresh` or `clean`). After a request with a body
+    /// that is never known: hyper may still be reading that body (an
+    /// upstream can answer before it has all of it), and an end-of-file
+    /// there would end the body early and leave the connection out of step
+    /// with the client. Such a connection keeps its session, as before
+    /// parking existed, until its next request without a body or
+    /// `idle_timeout`.
     fn check(&self, header_timeout: Duration, idle_timeout: Duration, park: bool) -> Result<Duration, Expired> {
         let now = self.now_ms();
         let mut next = idle_timeout;
@@ -169,15 +180,21 @@ impl Activity {
                 return Err(Expired::Idle);
             }
             next = next.min(idle_timeout - quiet);
-            if park && !self.park.load(Relaxed) {
+            let known_empty = self.fresh.load(Relaxed) || self.clean.load(Relaxed);
+            if park && known_empty && !self.park.load(Relaxed) {
                 if self.settled() {
-                    let known_empty = self.fresh.load(Relaxed) || self.clean.load(Relaxed);
-                    let after = if known_empty { PARK_AFTER.min(header_timeout) } else { header_timeout };
-                    if quiet >= after {
+                    // Also PARK_AFTER since the last unpark: bytes that carry
+                    // no request (a TLS record in pieces) cannot make it
+                    // park and unpark more than once a second.
+                    let since_unpark = Duration::from_millis(now.saturating_sub(self.unparked_at.load(Relaxed)));
+                    let waited = quiet.min(since_unpark);
+                    let after = PARK_AFTER.min(header_timeout);
+                    if waited >= after {
                         return Err(Expired::Park);
                     }
-                    next = next.min(after - quiet);
+                    next = next.min(after - waited);
                 } else {
+                    // A response is still going out: look again soon.
                     next = next.min(PARK_AFTER);
                 }
             }

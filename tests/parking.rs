@@ -138,7 +138,7 @@ async fn pipelined_requests_are_all_answered_across_a_park() {
 
 /// The next request's head arrives cut in half, behind the first request:
 /// hyper holds its first half, so parking now would lose it (hyper would
-/// answer 400). It must not park on it before header_read_timeout.
+/// answer 400). It must not park on it.
 #[tokio::test]
 async fn a_half_sent_pipelined_head_is_never_parked_on() {
     let up = Upstream::start().await;
@@ -155,22 +155,78 @@ async fn a_half_sent_pipelined_head_is_never_parked_on() {
     gw.stop().await;
 }
 
-/// After a request with a body, authgate cannot tell whether the read that
-/// ended it also brought the start of another request, so the connection
-/// parks only after header_read_timeout (a head that slow is cut off anyway).
+/// After a request with a body, hyper may still be reading that body after
+/// the response went out, so the connection never parks on it: it keeps its
+/// session until a request without a body (then parks as usual) or
+/// idle_timeout.
 #[tokio::test]
-async fn after_a_request_with_a_body_it_parks_at_header_read_timeout() {
+async fn after_a_request_with_a_body_it_parks_only_after_a_request_without_one() {
     let up = Upstream::start().await;
     let gw = gateway(&up, &[]).await; // header_read_timeout = 2s
     let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
     s.write_all(b"POST /form HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello").await.expect("write");
     assert_eq!(responses(&mut s, 1).await[0].0, 200);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(parked(&gw), 0, "parked before header_read_timeout after a body");
-    assert!(wait_parked(&gw, 1, Duration::from_secs(3)).await, "did not park at header_read_timeout");
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(parked(&gw), 0, "parked after a request with a body");
     s.write_all(get("/next").as_bytes()).await.expect("write");
     assert_eq!(responses(&mut s, 1).await[0].0, 200);
-    assert_eq!(paths(&up), ["/form", "/next"]);
+    assert!(wait_parked(&gw, 1, Duration::from_secs(3)).await, "did not park after a request without a body");
+    s.write_all(get("/last").as_bytes()).await.expect("write");
+    assert_eq!(responses(&mut s, 1).await[0].0, 200);
+    assert_eq!(paths(&up), ["/form", "/next", "/last"]);
+    gw.stop().await;
+}
+
+/// An upstream that answers 401 as soon as it has a request head, then
+/// reads and discards whatever else arrives.
+async fn early_answering_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let _ = tcp.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n").await;
+                while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+/// Regression (review of the parking change): the upstream answered before
+/// the request body had all arrived, the client went quiet past
+/// header_read_timeout, and the connection parked while hyper was still
+/// reading the body. The end-of-file ended the body early, and the rest of
+/// the body was then read as new requests: a client could smuggle a request
+/// past the framing. Bytes of a body must stay body bytes.
+#[tokio::test]
+async fn a_body_still_arriving_is_never_cut_by_parking() {
+    let up = Upstream::start().await;
+    let early = early_answering_upstream().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = format!(
+        "[[routes]]\npath = \"/early\"\nupstream = \"http://{early}\"\nauth = \"public\"\n\n\
+         [[routes]]\npath = \"/smuggled\"\nupstream = \"{}\"\nauth = \"public\"\n",
+        up.url()
+    );
+    let text = config_text(dir.path(), "", &routes); // header_read_timeout = 2s
+    let gw = Gateway::start_in(dir, &text).await;
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    s.write_all(b"POST /early HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n0123456789").await.expect("write");
+    assert_eq!(responses(&mut s, 1).await[0].0, 401, "the upstream's early answer");
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(parked(&gw), 0, "parked while the request body was still arriving");
+    let _ = s.write_all(get("/smuggled").as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(up.hits(), 0, "body bytes were read as a request: {:?}", paths(&up));
     gw.stop().await;
 }
 
@@ -225,5 +281,29 @@ async fn http2_connections_do_not_park_and_keep_working() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(parked(&gw), 0, "an HTTP/2 connection parked");
     }
+    gw.stop().await;
+}
+
+/// Bytes that carry no request (here the first byte of a TLS record that
+/// never completes) wake a parked connection, but it parks again only after
+/// PARK_AFTER: a client cannot make it build and drop an HTTP session per
+/// packet.
+#[tokio::test]
+async fn bytes_without_a_request_do_not_make_it_park_and_unpark_in_a_loop() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, &[]).await;
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    s.write_all(get("/").as_bytes()).await.expect("write");
+    assert_eq!(responses(&mut s, 1).await[0].0, 200);
+    assert!(wait_parked(&gw, 1, Duration::from_secs(3)).await);
+    // The record header's first byte (application data), on the raw socket.
+    s.get_mut().0.write_all(&[0x17]).await.expect("write");
+    assert!(wait_parked(&gw, 0, Duration::from_secs(1)).await, "the byte did not wake the parked connection");
+    let woke = Instant::now();
+    while woke.elapsed() < Duration::from_millis(700) {
+        assert_eq!(parked(&gw), 0, "parked again {:?} after waking", woke.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(wait_parked(&gw, 1, Duration::from_secs(3)).await, "did not park again");
     gw.stop().await;
 }
