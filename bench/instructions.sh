@@ -9,6 +9,7 @@
 #   bash bench/instructions.sh                 # 10,000 requests, 16 connections
 #   REQUESTS=2000 bash bench/instructions.sh   # quicker
 #   AUTHGATE_BIN=/path/to/authgate bash bench/instructions.sh
+#   AUTHGATE_LOG=info bash bench/instructions.sh   # with the access log (default: warn)
 #
 # Setup: an nginx upstream (`return 200 "ok"`), authgate with HS256 on a
 # `required` route (the verified-token cache warm after a warm-up of 500
@@ -90,7 +91,7 @@ TOKEN=$(timeout 30 "$AUTHGATE" token --config "$WORK/config.toml" --sub bench --
 
 nginx -e "$WORK/nginx.err" -p "$WORK" -c "$WORK/upstream.conf" >"$WORK/nginx.out" 2>&1 &
 PIDS+=($!)
-RUST_LOG=warn,rustls=error valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
+RUST_LOG=${AUTHGATE_LOG:-warn,rustls=error} valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.out" \
     "$AUTHGATE" serve --config "$WORK/config.toml" >"$WORK/authgate.log" 2>&1 &
 VG=$!
 PIDS+=("$VG")
