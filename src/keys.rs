@@ -79,9 +79,15 @@ fn load_own(config: &Config) -> Result<KeySet, ConfigError> {
     let mut sign = None;
     if let Some(path) = &jwt.private_key {
         if !path.exists() && jwt.generate_signing_key {
-            generate_private_key(alg, path)
-                .map_err(|e| err(config, "jwt.private_key", format!("cannot create {}: {e}", path.display())))?;
-            tracing::warn!(path = %path.display(), "generated a new JWT signing key (jwt.generate_signing_key = true); tokens signed by an earlier key no longer verify");
+            match generate_private_key(alg, path) {
+                Ok(()) => {
+                    tracing::warn!(path = %path.display(), "generated a new JWT signing key (jwt.generate_signing_key = true); tokens signed by an earlier key no longer verify");
+                }
+                // Another process (the gateway starting, `authgate token`) made
+                // it a moment ago; it appears whole, so read that one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(config, "jwt.private_key", format!("cannot create {}: {e}", path.display()))),
+            }
         }
         let pem = std::fs::read(path).map_err(|e| err(config, "jwt.private_key", format!("cannot read {}: {e}", path.display())))?;
         let (vk, sk) = private_key(alg, &pem).map_err(|m| err(config, "jwt.private_key", format!("{}: {m}", path.display())))?;
@@ -275,18 +281,20 @@ fn key_bytes(key: &DecodingKey) -> Result<&[u8], String> {
 }
 
 /// Writes a new PKCS#8 private key for `alg` (mode 0600), creating the folder.
-pub fn generate_private_key(alg: Algorithm, path: &Path) -> Result<(), String> {
+pub fn generate_private_key(alg: Algorithm, path: &Path) -> std::io::Result<()> {
     use Algorithm::*;
     let der: Vec<u8> = match alg {
-        ES256 | ES384 => EcdsaKeyPair::generate(ecdsa_alg(alg)).and_then(|k| k.to_pkcs8v1()).map_err(|e| e.to_string())?.as_ref().to_vec(),
-        EdDSA => Ed25519KeyPair::generate().and_then(|k| k.to_pkcs8v1()).map_err(|e| e.to_string())?.as_ref().to_vec(),
+        ES256 | ES384 => {
+            EcdsaKeyPair::generate(ecdsa_alg(alg)).and_then(|k| k.to_pkcs8v1()).map_err(std::io::Error::other)?.as_ref().to_vec()
+        }
+        EdDSA => Ed25519KeyPair::generate().and_then(|k| k.to_pkcs8v1()).map_err(std::io::Error::other)?.as_ref().to_vec(),
         RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => {
             use aws_lc_rs::encoding::AsDer;
-            let kp = signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|e| e.to_string())?;
-            let der: aws_lc_rs::encoding::Pkcs8V1Der = kp.as_der().map_err(|e| e.to_string())?;
+            let kp = signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(std::io::Error::other)?;
+            let der: aws_lc_rs::encoding::Pkcs8V1Der = kp.as_der().map_err(std::io::Error::other)?;
             der.as_ref().to_vec()
         }
-        _ => return Err("HMAC keys are secrets from the environment, not generated files".into()),
+        _ => return Err(std::io::Error::other("HMAC keys are secrets from the environment, not generated files")),
     };
     write_private_pem(path, &pem_encode("PRIVATE KEY", &der))
 }
@@ -302,16 +310,33 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// Writes a secret file readable by its owner only.
-pub fn write_private_pem(path: &Path, pem: &str) -> Result<(), String> {
+/// Writes a secret file readable by its owner only, never over an existing
+/// file (`AlreadyExists` then). The file appears whole or not at all: it is
+/// written under a temporary name and linked into place, so a second process
+/// starting at the same moment reads either no file or the complete key.
+pub fn write_private_pem(path: &Path, pem: &str) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir)?;
     }
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("not a file path"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(|e| e.to_string())?;
-    f.write_all(pem.as_bytes()).map_err(|e| e.to_string())
+    let written = opts.open(&tmp).and_then(|mut f| f.write_all(pem.as_bytes()).and_then(|()| f.sync_all()));
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        // A filesystem without hard links: write in place, still never over a file.
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists && !path.exists() => {
+            let mut f = opts.open(path)?;
+            f.write_all(pem.as_bytes())
+        }
+        other => other,
+    }
 }

@@ -230,3 +230,61 @@ async fn gen_cert_output_serves_tls() {
     assert_eq!(r.status(), 401);
     gw.stop().await;
 }
+
+/// The quick start's race: `cargo run --release` in one terminal and
+/// `authgate token` in another both start on a fresh checkout and both find
+/// no signing key. Each may generate one, but only one lands, whole, and
+/// every process uses it: no "File exists" failure, no half-written key, no
+/// token signed by a key that is not the one on disk.
+#[test]
+fn processes_starting_at_once_share_one_generated_signing_key() {
+    let up_url = "http://127.0.0.1:9";
+    for attempt in 0..5 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = config_text(dir.path(), "", &format!("[[routes]]\npath = \"/\"\nupstream = \"{up_url}\"\n"));
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, &text).expect("write config");
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                Command::new(bin())
+                    .args(["token", "--sub", "racer", "--config", file.to_str().expect("utf-8")])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("spawn")
+            })
+            .collect();
+        let key = {
+            let outs: Vec<_> = children.into_iter().map(|c| c.wait_with_output().expect("wait")).collect();
+            let pem = std::fs::read(dir.path().join("jwt.pem")).expect("the key file");
+            let decoding = jsonwebtoken::DecodingKey::from_ec_pem(&public_pem(&pem)).expect("public key");
+            for out in outs {
+                assert_eq!(out.status.code(), Some(0), "attempt {attempt}: {}", String::from_utf8_lossy(&out.stderr));
+                let token = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+                let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+                v.set_audience(&["api"]);
+                v.set_issuer(&["authgate"]);
+                jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &v).expect("signed with the key on disk");
+            }
+            pem
+        };
+        assert!(String::from_utf8_lossy(&key).starts_with("-----BEGIN PRIVATE KEY-----"));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    }
+}
+
+/// The public half of a PKCS#8 EC private key, as PEM.
+fn public_pem(private_pem: &[u8]) -> Vec<u8> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+    let text = String::from_utf8_lossy(private_pem);
+    let b64: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
+    let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).expect("pkcs8");
+    let spki = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(kp.public_key()).expect("spki");
+    authgate::keys::pem_encode("PUBLIC KEY", spki.as_ref()).into_bytes()
+}
