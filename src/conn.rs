@@ -237,7 +237,7 @@ impl ConnHold {
     /// Resolves once nothing has moved either way for `idle_timeout`.
     pub async fn idle(&self) {
         loop {
-            let quiet = Duration::from_millis(self.activity.now_ms().saturating_sub(self.activity.last.load(Relaxed)));
+            let quiet = self.activity.quiet();
             if quiet >= self.idle_timeout {
                 return;
             }

@@ -52,6 +52,12 @@ fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n")
 }
 
+/// Sends `GET path` on `s` and returns the status of its response.
+async fn get_on(s: &mut Tls, path: &str) -> u16 {
+    s.write_all(get(path).as_bytes()).await.expect("write");
+    responses(s, 1).await[0].0
+}
+
 /// Reads until `n` complete responses (by Content-Length) have arrived.
 async fn responses(s: &mut Tls, n: usize) -> Vec<(u16, String)> {
     let mut raw = Vec::new();
@@ -116,8 +122,7 @@ async fn a_connection_that_never_sends_a_request_parks_too() {
     let gw = gateway(&up, &[]).await;
     let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
     assert!(wait_parked(&gw, 1, Duration::from_secs(3)).await, "a silent connection did not park");
-    s.write_all(get("/late").as_bytes()).await.expect("write");
-    assert_eq!(responses(&mut s, 1).await[0].0, 200);
+    assert_eq!(get_on(&mut s, "/late").await, 200);
     gw.stop().await;
 }
 
@@ -130,8 +135,7 @@ async fn pipelined_requests_are_all_answered_across_a_park() {
     let r = responses(&mut s, 2).await;
     assert!(r.iter().all(|(st, _)| *st == 200), "{r:?}");
     assert!(wait_parked(&gw, 1, Duration::from_secs(3)).await, "did not park after the pipelined pair");
-    s.write_all(get("/3").as_bytes()).await.expect("write");
-    assert_eq!(responses(&mut s, 1).await[0].0, 200);
+    assert_eq!(get_on(&mut s, "/3").await, 200);
     assert_eq!(paths(&up), ["/1", "/2", "/3"]);
     gw.stop().await;
 }
@@ -168,11 +172,9 @@ async fn after_a_request_with_a_body_it_parks_only_after_a_request_without_one()
     assert_eq!(responses(&mut s, 1).await[0].0, 200);
     tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(parked(&gw), 0, "parked after a request with a body");
-    s.write_all(get("/next").as_bytes()).await.expect("write");
-    assert_eq!(responses(&mut s, 1).await[0].0, 200);
+    assert_eq!(get_on(&mut s, "/next").await, 200);
     assert!(wait_parked(&gw, 1, Duration::from_secs(3)).await, "did not park after a request without a body");
-    s.write_all(get("/last").as_bytes()).await.expect("write");
-    assert_eq!(responses(&mut s, 1).await[0].0, 200);
+    assert_eq!(get_on(&mut s, "/last").await, 200);
     assert_eq!(paths(&up), ["/form", "/next", "/last"]);
     gw.stop().await;
 }
@@ -235,8 +237,7 @@ async fn a_parked_connection_is_closed_at_idle_timeout() {
     let up = Upstream::start().await;
     let gw = gateway(&up, &[("idle_timeout", "3s")]).await;
     let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
-    s.write_all(get("/").as_bytes()).await.expect("write");
-    assert_eq!(responses(&mut s, 1).await[0].0, 200);
+    assert_eq!(get_on(&mut s, "/").await, 200);
     assert!(wait_parked(&gw, 1, Duration::from_secs(3)).await);
     let t = Instant::now();
     let mut buf = [0u8; 64];
@@ -254,8 +255,7 @@ async fn shutdown_closes_parked_connections_without_waiting_for_the_grace() {
     let mut clients = Vec::new();
     for _ in 0..5 {
         let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
-        s.write_all(get("/").as_bytes()).await.expect("write");
-        assert_eq!(responses(&mut s, 1).await[0].0, 200);
+        assert_eq!(get_on(&mut s, "/").await, 200);
         clients.push(s);
     }
     assert!(wait_parked(&gw, 5, Duration::from_secs(3)).await);
@@ -293,8 +293,7 @@ async fn bytes_without_a_request_do_not_make_it_park_and_unpark_in_a_loop() {
     let up = Upstream::start().await;
     let gw = gateway(&up, &[]).await;
     let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
-    s.write_all(get("/").as_bytes()).await.expect("write");
-    assert_eq!(responses(&mut s, 1).await[0].0, 200);
+    assert_eq!(get_on(&mut s, "/").await, 200);
     assert!(wait_parked(&gw, 1, Duration::from_secs(3)).await);
     // The record header's first byte (application data), on the raw socket.
     s.get_mut().0.write_all(&[0x17]).await.expect("write");
