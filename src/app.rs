@@ -22,7 +22,7 @@ use crate::identity::IdentityRules;
 use crate::jwt::{Identity, Signer, Verifier, now_secs};
 use crate::login::Endpoint;
 use crate::metrics::Metrics;
-use crate::proxy::{self, Forwarded, UpstreamClient};
+use crate::proxy::{self, Forwarded};
 use crate::revocation::Denylist;
 use crate::route_limit::Key;
 use crate::routes::{Route, RouteTable, normalise_path, upstream_path};
@@ -68,7 +68,8 @@ pub struct App {
     pub verifier: Verifier,
     pub signer: Option<Signer>,
     pub identity: IdentityRules,
-    pub client: UpstreamClient,
+    /// Keep-alive connections to the upstreams, one pool each.
+    pub upstreams: crate::upstream::Upstreams,
     pub denylist: Arc<Denylist>,
     /// Refresh tokens and revocations; the denylist is its in-memory copy.
     pub store: Arc<dyn crate::store::Store>,
@@ -92,7 +93,10 @@ impl App {
         App {
             routes: RouteTable::new(config.routes.clone()),
             identity: IdentityRules::new(config.identity.clone()),
-            client: proxy::new_client(config.server.upstream_timeout),
+            upstreams: crate::upstream::Upstreams::new(config.routes.iter().filter_map(|r| match &r.upstream {
+                Upstream::Http { authority, .. } => Some(authority),
+                Upstream::Echo => None,
+            })),
             verifier,
             signer,
             denylist,
@@ -116,6 +120,7 @@ impl App {
         if self.routes.iter().any(|r| r.limiter.is_some()) {
             tokio::spawn(prune_route_limits(Arc::downgrade(self)));
         }
+        tokio::spawn(sweep_upstreams(Arc::downgrade(self)));
     }
 
     /// Readiness (`/readyz`): keys loaded and the store answering.
@@ -247,7 +252,10 @@ impl App {
                 }
                 proxy::retarget(&mut req, authority, &pq)?;
                 let sent = Instant::now();
-                let resp = proxy::forward(&self.client, req, &self.config.server).await;
+                let resp = match self.upstreams.pool(authority) {
+                    Some(pool) => proxy::forward(pool, req, &self.config.server).await,
+                    None => proxy::forward(&Arc::new(crate::upstream::Pool::new(authority.clone())), req, &self.config.server).await,
+                };
                 let took = sent.elapsed();
                 t.upstream = Some(took);
                 self.metrics.upstream(&route.label, took.as_secs_f64());
@@ -481,6 +489,18 @@ fn millis(d: Duration) -> f64 {
 }
 
 /// Drops replenished keys of the route rate limiters, like the login ones.
+/// Closes upstream connections that sat idle too long or that the
+/// upstream closed, so they do not linger until the next request.
+async fn sweep_upstreams(app: std::sync::Weak<App>) {
+    let mut tick = tokio::time::interval(crate::upstream::IDLE_TIMEOUT / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        app.upstreams.sweep();
+    }
+}
+
 async fn prune_route_limits(app: std::sync::Weak<App>) {
     let mut tick = tokio::time::interval(crate::store::PRUNE_EVERY);
     tick.tick().await;

@@ -7,7 +7,8 @@
 //! endpoints (`/token`, JWKS, `/auth/verify`) -> `routes` match ->
 //! `identity::strip` -> cookie CSRF rule -> `jwt::Verifier::verify` +
 //! `revocation` -> roles/scopes -> `route_limit` -> `identity::apply` ->
-//! `proxy::forward` (or the `echo` upstream).
+//! `proxy::forward` on a pooled `upstream` connection (or the `echo`
+//! upstream).
 //! Every failure becomes one `error::GatewayError`, answered in one place;
 //! the outer handler writes the access log line and the `metrics`.
 //!
@@ -40,6 +41,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod token_cache;
+pub mod upstream;
 pub mod users;
 
 use std::sync::Arc;

@@ -1,10 +1,12 @@
 //! Forwarding: the upstream request rewrite (hop-by-hop headers, Host,
-//! X-Forwarded-*), the pooled keep-alive client, streaming both bodies,
-//! WebSocket upgrades, and the built-in `echo` upstream.
+//! X-Forwarded-*), sending it on a pooled connection (`upstream`),
+//! streaming both bodies, WebSocket upgrades, and the built-in `echo`
+//! upstream.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,13 +15,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::body::{self, Body};
 use crate::error::GatewayError;
-
-pub type UpstreamClient = Client<HttpConnector, TimedBody>;
+use crate::upstream::{self, Pool, SendError};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -64,19 +64,6 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for n in &doomed {
         headers.remove(n);
     }
-}
-
-pub fn new_client(timeout: Duration) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(timeout));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(connector)
 }
 
 /// Is this an HTTP/1.1 upgrade request (WebSocket)?
@@ -131,13 +118,11 @@ pub fn rewrite_headers(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: Op
     }
 }
 
-/// Points the request at the upstream: absolute URI, `Host`, HTTP/1.1.
+/// Points the request at the upstream: origin-form target, `Host`, HTTP/1.1.
 pub fn retarget(req: &mut Request<Incoming>, authority: &http::uri::Authority, path_and_query: &str) -> Result<(), GatewayError> {
     let host = HeaderValue::from_str(authority.as_str()).map_err(|_| GatewayError::BadGateway("upstream authority".into()))?;
     req.headers_mut().insert(header::HOST, host);
     let uri = Uri::builder()
-        .scheme("http")
-        .authority(authority.clone())
         .path_and_query(path_and_query)
         .build()
         .map_err(|_| GatewayError::BadRequest("the request target cannot be forwarded"))?;
@@ -205,14 +190,24 @@ impl http_body::Body for TimedBody {
 /// whole. A request body that breaks or stalls is the client's fault, not
 /// the upstream's: 400 or 408, not 502.
 pub async fn forward(
-    client: &UpstreamClient,
+    pool: &Arc<Pool>,
     mut req: Request<Incoming>,
     s: &crate::config::ServerConfig,
 ) -> Result<Response<Body>, GatewayError> {
     let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let hold = req.extensions_mut().remove::<crate::conn::ConnHold>();
     let req = req.map(|b| TimedBody::new(b, s));
-    let mut resp = match tokio::time::timeout(s.upstream_timeout, client.request(req)).await {
+    if client_upgrade.is_none() {
+        let resp = match tokio::time::timeout(s.upstream_timeout, pool.send(req)).await {
+            Err(_) => return Err(GatewayError::GatewayTimeout),
+            Ok(Err(e)) => return Err(request_error(&e)),
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = resp.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        return Ok(Response::from_parts(parts, body.boxed()));
+    }
+    let mut resp = match tokio::time::timeout(s.upstream_timeout, upstream::send_upgrade(pool.authority(), req)).await {
         Err(_) => return Err(GatewayError::GatewayTimeout),
         Ok(Err(e)) => return Err(request_error(&e)),
         Ok(Ok(r)) => r,
@@ -251,7 +246,11 @@ pub async fn forward(
 }
 
 /// Tells a request body the client broke (bad chunk, stall) from an upstream failure.
-fn request_error(e: &(dyn std::error::Error + 'static)) -> GatewayError {
+fn request_error(e: &SendError) -> GatewayError {
+    let e: &(dyn std::error::Error + 'static) = match e {
+        SendError::Http(h) => h,
+        SendError::Connect(_) => return GatewayError::BadGateway(error_chain(e)),
+    };
     let chain = || std::iter::successors(Some(e), |c| c.source());
     if chain().any(|c| c.is::<BodyTimedOut>()) {
         GatewayError::RequestTimeout

@@ -42,6 +42,14 @@ async fn exchange(gw: &Gateway, up: &Upstream, req: &str) -> (Vec<u16>, Vec<Seen
     let before = up.seen.lock().expect("lock").len();
     let hits = up.hits();
     let raw = raw_request(gw, req.as_bytes(), Duration::from_millis(1500)).await;
+    // A request cut short reaches the upstream as an aborted body: give
+    // its task a moment to see the connection close.
+    for _ in 0..40 {
+        if up.hits() - hits == seen_since(up, before).len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let seen = seen_since(up, before);
     assert_eq!(up.hits() - hits, seen.len(), "the upstream started a request it never finished: {req:?}");
     (statuses(&raw), seen)

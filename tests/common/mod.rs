@@ -44,17 +44,20 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// TCP connections accepted.
+    pub conns: Arc<AtomicUsize>,
 }
 
 impl Upstream {
     pub async fn start() -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
-        let up = Upstream { addr, hits: Arc::new(AtomicUsize::new(0)), seen: Arc::new(Mutex::new(Vec::new())) };
+        let up = Upstream { addr, hits: Arc::default(), seen: Arc::default(), conns: Arc::default() };
         let state = up.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { continue };
+                state.conns.fetch_add(1, Ordering::SeqCst);
                 let state = state.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle_upstream(state.clone(), req));

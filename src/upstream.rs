@@ -1,0 +1,290 @@
+//! Upstream connections: one pool of keep-alive HTTP/1.1 connections per
+//! upstream, driven by the request that uses them.
+//!
+//! hyper's client connections normally run as their own task, and every
+//! request crosses two channels between that task and the one serving the
+//! client. Here a connection is polled by whoever holds it: while a request
+//! waits for its response head, `send` drives it; while the response body
+//! streams, `PooledBody` does. A proxied request then runs in one task, as
+//! in nginx's event loop, and the pool is a short list behind a mutex: no
+//! hashing, no pool task. A connection goes back to the pool only once its
+//! response has been read to the end and hyper says it can take another
+//! request; anything else closes it.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::proxy::TimedBody;
+
+/// An idle connection is closed after this long unused.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per upstream; more are closed when they come back.
+const MAX_IDLE: usize = 256;
+
+type Io = TokioIo<TcpStream>;
+
+/// One HTTP/1.1 connection to an upstream: the handle that sends requests
+/// and the state machine that must be polled for anything to happen.
+pub struct Conn {
+    send: SendRequest<TimedBody>,
+    conn: Pin<Box<Connection<Io, TimedBody>>>,
+    ended: bool,
+}
+
+impl Conn {
+    /// Drives the connection. `true` when it has ended (closed or failed):
+    /// it can never be used again.
+    fn poll_done(&mut self, cx: &mut Context<'_>) -> bool {
+        // A finished future is not polled again.
+        self.ended = self.ended || self.conn.as_mut().poll(cx).is_ready();
+        self.ended
+    }
+
+    /// Ready for a request, or `false` when it has ended instead.
+    async fn ready(&mut self) -> bool {
+        poll_fn(|cx| {
+            if self.poll_done(cx) {
+                return Poll::Ready(false);
+            }
+            self.send.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// The connections to one upstream `host:port`.
+pub struct Pool {
+    authority: Authority,
+    idle: Mutex<Vec<Idle>>,
+}
+
+/// Why no response came back.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("cannot connect to the upstream")]
+    Connect(#[source] io::Error),
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+impl Pool {
+    pub fn new(authority: Authority) -> Pool {
+        Pool { authority, idle: Mutex::new(Vec::new()) }
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The most recently used idle connection: the one least likely to
+    /// have been closed by the upstream's own keep-alive timeout.
+    fn checkout(&self) -> Option<Conn> {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some(i) = idle.pop() {
+            if now.duration_since(i.since) < IDLE_TIMEOUT {
+                return Some(i.conn);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, conn: Conn) {
+        // A connection that is not ready has a response still in flight,
+        // or has been told to close: neither can be reused.
+        if !conn.send.is_ready() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle { conn, since: Instant::now() });
+        }
+    }
+
+    /// Closes connections idle past `IDLE_TIMEOUT` or closed by the upstream.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        idle.retain_mut(|i| now.duration_since(i.since) < IDLE_TIMEOUT && !i.conn.poll_done(&mut cx));
+    }
+
+    /// Idle connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map_or(0, |i| i.len())
+    }
+
+    async fn connect(&self) -> Result<Conn, SendError> {
+        let tcp = connect_tcp(&self.authority).await.map_err(SendError::Connect)?;
+        let (send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+        Ok(Conn { send, conn: Box::pin(conn), ended: false })
+    }
+
+    /// Sends `req` on an idle connection, or a new one, and returns the
+    /// response head with a body that hands the connection back when read
+    /// to the end. A request that an idle connection could not take (the
+    /// upstream had closed it before the request was written) is sent
+    /// again on another: it never reached the upstream.
+    pub async fn send(self: &Arc<Self>, mut req: Request<TimedBody>) -> Result<Response<PooledBody>, SendError> {
+        loop {
+            let (mut conn, reused) = match self.checkout() {
+                Some(c) => (c, true),
+                None => (self.connect().await?, false),
+            };
+            // A new connection takes its first request without waiting; if
+            // it has ended, the request fails with the reason.
+            if reused && !conn.ready().await {
+                continue;
+            }
+            let mut response = std::pin::pin!(conn.send.try_send_request(req));
+            let result = poll_fn(|cx| {
+                // The connection writes the request and reads the head;
+                // then the response future has its answer.
+                let _ = conn.poll_done(cx);
+                response.as_mut().poll(cx)
+            })
+            .await;
+            match result {
+                Ok(resp) => {
+                    let pool = Arc::clone(self);
+                    return Ok(resp.map(|body| PooledBody { body, conn: Some(conn), pool, ended: false }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(r) if reused => req = r,
+                    _ => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// `host:port`, resolved, every address tried in turn; no Nagle delay, and
+/// TCP keep-alive so a dead peer is noticed on an idle connection.
+async fn connect_tcp(authority: &Authority) -> io::Result<TcpStream> {
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let tcp = TcpStream::connect((host, authority.port_u16().unwrap_or(80))).await?;
+    tcp.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+    socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
+    Ok(tcp)
+}
+
+/// An upstream response body that drives its connection while it streams,
+/// and returns the connection to the pool once read to the end.
+pub struct PooledBody {
+    body: Incoming,
+    conn: Option<Conn>,
+    pool: Arc<Pool>,
+    /// The body said it has no more frames (a chunked body is never
+    /// `is_end_stream`, so this is how its end is known).
+    ended: bool,
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        // Twice: the first poll of the body may only tell the connection
+        // that it is wanted, and the connection then reads the next chunk.
+        for _ in 0..2 {
+            if let Some(c) = &mut this.conn
+                && c.poll_done(cx)
+            {
+                this.conn = None;
+            }
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => continue,
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                ready => return ready,
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // Read to the end: the connection can take the next request. Cut
+        // short (the client left): the rest of the response is still on
+        // the wire, so the connection closes.
+        if (self.ended || self.body.is_end_stream())
+            && let Some(conn) = self.conn.take()
+        {
+            self.pool.checkin(conn);
+        }
+    }
+}
+
+/// A connection of its own for a request that asks to switch protocols
+/// (WebSocket): it runs as its own task so that it outlives the response
+/// and hands the socket over to the upgrade. It is never pooled.
+pub async fn send_upgrade(authority: &Authority, req: Request<TimedBody>) -> Result<Response<Incoming>, SendError> {
+    let tcp = connect_tcp(authority).await.map_err(SendError::Connect)?;
+    let (mut send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.with_upgrades().await {
+            tracing::debug!(%error, "upstream connection failed");
+        }
+    });
+    Ok(send.send_request(req).await?)
+}
+
+/// One pool per upstream named in the routes.
+pub struct Upstreams {
+    pools: Vec<Arc<Pool>>,
+}
+
+impl Upstreams {
+    pub fn new<'a>(authorities: impl IntoIterator<Item = &'a Authority>) -> Upstreams {
+        let mut pools: Vec<Arc<Pool>> = Vec::new();
+        for a in authorities {
+            if !pools.iter().any(|p| p.authority == *a) {
+                pools.push(Arc::new(Pool::new(a.clone())));
+            }
+        }
+        Upstreams { pools }
+    }
+
+    /// The pool for `authority`, if a route names it. A handful of
+    /// routes: a scan beats a hash.
+    pub fn pool(&self, authority: &Authority) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| p.authority == *authority)
+    }
+
+    pub fn sweep(&self) {
+        for p in &self.pools {
+            p.sweep();
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The upstream connection pool, over real TLS to the gateway and real TCP
+//! to the upstream: connections are reused across requests and response
+//! kinds, a connection whose response was abandoned is never reused, an
+//! idle connection the upstream closed is replaced without the client
+//! noticing, and concurrent requests each get their own connection.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn start(up: &str) -> Gateway {
+    Gateway::start("", &format!("[[routes]]\npath = \"/\"\nupstream = \"{up}\"\nauth = \"public\"\n")).await
+}
+
+#[tokio::test]
+async fn one_upstream_connection_serves_request_after_request() {
+    let up = Upstream::start().await;
+    let gw = start(&up.url()).await;
+    for i in 0..10 {
+        // Fixed length, chunked, no body at all, and a HEAD: each leaves
+        // the connection ready for the next request.
+        let r = gw.client.get(gw.url(&format!("/p{i}"))).send().await.expect("send");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.expect("body"), "upstream ok, body_len=0");
+        let r = gw.client.get(gw.url("/bytes/200000")).send().await.expect("send");
+        assert_eq!(r.bytes().await.expect("body").len(), 200_000);
+        let r = gw.client.get(gw.url("/status/204")).send().await.expect("send");
+        assert_eq!(r.status(), 204);
+        let r = gw.client.head(gw.url("/h")).send().await.expect("send");
+        assert_eq!(r.status(), 200);
+        let r = gw.client.post(gw.url("/post")).body(vec![b'a'; 100_000]).send().await.expect("send");
+        assert_eq!(r.text().await.expect("body"), "upstream ok, body_len=100000");
+    }
+    assert_eq!(up.hits(), 50);
+    assert_eq!(up.conns.load(Ordering::SeqCst), 1, "every request should have reused the first upstream connection");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_response_the_client_abandoned_never_serves_the_next_request() {
+    let up = Upstream::start().await;
+    let gw = start(&up.url()).await;
+    // Read the head and a little of a 20 MB body, then leave: the rest of
+    // it is still on its way from the upstream.
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    s.write_all(b"GET /bytes/20000000 HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Reusing that connection would hand the next client the old body.
+    for i in 0..5 {
+        let r = gw.client.get(gw.url(&format!("/after{i}"))).send().await.expect("send");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.expect("body"), "upstream ok, body_len=0");
+        assert_eq!(up.last().path, format!("/after{i}"));
+    }
+    assert_eq!(up.conns.load(Ordering::SeqCst), 2, "the abandoned connection is closed, one new one serves the rest");
+    gw.stop().await;
+}
+
+/// An upstream that answers one request per connection and then closes it,
+/// without saying `Connection: close`: a keep-alive timeout of zero.
+async fn closing_upstream() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            });
+        }
+    });
+    (format!("http://{addr}"), accepted)
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_replaced_unseen() {
+    let (url, accepted) = closing_upstream().await;
+    let gw = start(&url).await;
+    for _ in 0..5 {
+        let r = gw.client.get(gw.url("/x")).send().await.expect("send");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.expect("body"), "ok");
+        // The upstream's close reaches the gateway while the connection is idle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 5);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_each_get_a_connection_and_then_share_them() {
+    let up = Upstream::start().await;
+    let gw = start(&up.url()).await;
+    let cert = gw.cert_path();
+    let round = || {
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let client = client_for(&cert, false);
+                let url = gw.url(&format!("/c{i}"));
+                tokio::spawn(async move {
+                    let r = client.post(url).body(vec![b'b'; 10_000 + i]).send().await.expect("send");
+                    (r.status().as_u16(), r.text().await.expect("body"), i)
+                })
+            })
+            .collect();
+        futures_util::future::join_all(tasks)
+    };
+    for _ in 0..3 {
+        for t in round().await {
+            let (status, body, i) = t.expect("task");
+            assert_eq!(status, 200);
+            // Each response belongs to its own request.
+            assert_eq!(body, format!("upstream ok, body_len={}", 10_000 + i));
+        }
+    }
+    let conns = up.conns.load(Ordering::SeqCst);
+    assert!(conns <= 16, "{conns} upstream connections for 16 concurrent clients: idle ones are not being reused");
+    assert_eq!(up.hits(), 48);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_upstream_is_502_at_once_and_a_revived_one_is_used_again() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let gw = start(&format!("http://{addr}")).await;
+    let started = std::time::Instant::now();
+    let r = gw.client.get(gw.url("/x")).send().await.expect("send");
+    assert_eq!(r.status(), 502);
+    assert!(started.elapsed() < Duration::from_secs(1), "a refused connection should fail fast");
+    // The upstream comes back on the same port.
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 || tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nback").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let r = gw.client.get(gw.url("/x")).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.expect("body"), "back");
+    gw.stop().await;
+}
