@@ -250,12 +250,17 @@ impl App {
                     pq.push('?');
                     pq.push_str(q);
                 }
-                proxy::retarget(&mut req, authority, &pq)?;
-                let sent = Instant::now();
-                let resp = match self.upstreams.pool(authority) {
-                    Some(pool) => proxy::forward(pool, req, &self.config.server).await,
-                    None => proxy::forward(&Arc::new(crate::upstream::Pool::new(authority.clone())), req, &self.config.server).await,
+                let unlisted;
+                let pool = match self.upstreams.pool(authority) {
+                    Some(pool) => pool,
+                    None => {
+                        unlisted = Arc::new(crate::upstream::Pool::new(authority.clone()));
+                        &unlisted
+                    }
                 };
+                proxy::retarget(&mut req, pool.host(), &pq)?;
+                let sent = Instant::now();
+                let resp = proxy::forward(pool, req, &self.config.server).await;
                 let took = sent.elapsed();
                 t.upstream = Some(took);
                 self.metrics.upstream(&route.label, took.as_secs_f64());

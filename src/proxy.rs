@@ -119,9 +119,9 @@ pub fn rewrite_headers(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: Op
 }
 
 /// Points the request at the upstream: origin-form target, `Host`, HTTP/1.1.
-pub fn retarget(req: &mut Request<Incoming>, authority: &http::uri::Authority, path_and_query: &str) -> Result<(), GatewayError> {
-    let host = HeaderValue::from_str(authority.as_str()).map_err(|_| GatewayError::BadGateway("upstream authority".into()))?;
-    req.headers_mut().insert(header::HOST, host);
+pub fn retarget(req: &mut Request<Incoming>, host: Option<&HeaderValue>, path_and_query: &str) -> Result<(), GatewayError> {
+    let host = host.ok_or_else(|| GatewayError::BadGateway("the upstream authority is not a valid Host".into()))?;
+    req.headers_mut().insert(header::HOST, host.clone());
     let uri = Uri::builder()
         .path_and_query(path_and_query)
         .build()
@@ -132,12 +132,15 @@ pub fn retarget(req: &mut Request<Incoming>, authority: &http::uri::Authority, p
 }
 
 /// The client's request body as sent upstream. It must arrive within
-/// `body_timeout`, extended by one second per `body_min_rate` bytes received
+/// `body_timeout` of when forwarding starts reading it, extended by one second per `body_min_rate` bytes received
 /// (Apache mod_reqtimeout's scheme): a large upload at a sane rate goes
 /// through, a slowloris body trickling a byte a second is cut off.
 pub struct TimedBody {
     inner: Incoming,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Set when the body is first read: a request without one (most of
+    /// them) never pays for a timer.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    timeout: Duration,
     per_byte: Duration,
 }
 
@@ -150,7 +153,7 @@ impl TimedBody {
     pub fn new(inner: Incoming, s: &crate::config::ServerConfig) -> TimedBody {
         let per_byte =
             if s.body_min_rate == 0 { Duration::ZERO } else { Duration::from_secs(1) / u32::try_from(s.body_min_rate).unwrap_or(u32::MAX) };
-        TimedBody { inner, deadline: Box::pin(tokio::time::sleep(s.body_timeout)), per_byte }
+        TimedBody { inner, deadline: None, timeout: s.body_timeout, per_byte }
     }
 }
 
@@ -159,17 +162,20 @@ impl http_body::Body for TimedBody {
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let this = &mut *self;
+        let timeout = this.timeout;
+        let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let more = self.per_byte.saturating_mul(u32::try_from(data.len()).unwrap_or(u32::MAX));
-                    let deadline = self.deadline.deadline() + more;
-                    self.deadline.as_mut().reset(deadline);
+                    let more = this.per_byte.saturating_mul(u32::try_from(data.len()).unwrap_or(u32::MAX));
+                    let later = deadline.deadline() + more;
+                    deadline.as_mut().reset(later);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
-            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+            Poll::Pending => match deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut.into()))),
                 Poll::Pending => Poll::Pending,
             },

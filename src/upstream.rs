@@ -73,6 +73,8 @@ struct Idle {
 /// The connections to one upstream `host:port`.
 pub struct Pool {
     authority: Authority,
+    /// `Host` for every request, built once.
+    host: Option<http::HeaderValue>,
     idle: Mutex<Vec<Idle>>,
 }
 
@@ -87,11 +89,17 @@ pub enum SendError {
 
 impl Pool {
     pub fn new(authority: Authority) -> Pool {
-        Pool { authority, idle: Mutex::new(Vec::new()) }
+        let host = http::HeaderValue::from_str(authority.as_str()).ok();
+        Pool { authority, host, idle: Mutex::new(Vec::new()) }
     }
 
     pub fn authority(&self) -> &Authority {
         &self.authority
+    }
+
+    /// The `Host` header requests to this upstream carry.
+    pub fn host(&self) -> Option<&http::HeaderValue> {
+        self.host.as_ref()
     }
 
     /// The most recently used idle connection: the one least likely to
