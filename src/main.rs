@@ -26,15 +26,31 @@ fn main() -> ExitCode {
 /// connect to https://127.0.0.1), which would flood the log.
 const DEFAULT_LOG: &str = "info,rustls=error";
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr. For the gateway (`background`), lines are handed to a
+/// writer thread: a request never waits on a write(2) to a slow pipe or
+/// terminal, and lines that pile up go out in one write. Nothing is
+/// dropped: only when 128,000 lines are waiting does logging block. The
+/// returned guard flushes what is left when dropped.
+fn init_tracing(format: LogFormat, background: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     // Colours only on a terminal: a log file or journald gets plain text.
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let (writer, guard) = if background {
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("authgate-log")
+            .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+        (BoxMakeWriter::new(writer), Some(guard))
+    } else {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,13 +58,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let config = config::load(&path)?;
-            init_tracing(config.log.format);
+            let log = init_tracing(config.log.format, true);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
-            rt.block_on(authgate::server::run(config))
+            let result = rt.block_on(authgate::server::run(config));
+            drop(rt);
+            // The last lines are out before main prints an error.
+            drop(log);
+            result
         }
         Command::Check => {
             let config = config::load(&path)?;
-            init_tracing(LogFormat::Text);
+            init_tracing(LogFormat::Text, false);
             let app = authgate::build_app(config)?;
             authgate::tls::server_config(&app.config)?;
             print!("{}", authgate::summary(&app));

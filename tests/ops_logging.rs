@@ -94,3 +94,34 @@ async fn json_access_log_with_log_format_json() {
     assert_eq!(f["method"], "GET");
     assert!(f["latency_ms"].is_number(), "{proxied}");
 }
+
+#[tokio::test]
+async fn a_log_reader_that_stops_reading_never_stalls_requests_and_loses_no_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(dir.path(), "text");
+    let sp = spawn_binary(dir, &text, &[]);
+    let token = {
+        let r = sp.gw.client.post(sp.gw.url("/token")).form(&[("username", "alice"), ("password", PASSWORD)]).send().await.expect("login");
+        json(r).await["access_token"].as_str().expect("access").to_string()
+    };
+    // About 200 bytes of access log a request: 4,000 requests are 800 KB,
+    // far past the 64 KB a pipe holds while nobody reads it.
+    sp.stop_reading_log.store(true, std::sync::atomic::Ordering::SeqCst);
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, token) = (sp.gw.client.clone(), sp.gw.url("/api/x"), token.clone());
+            tokio::spawn(async move {
+                for _ in 0..1000 {
+                    let r = client.get(&url).bearer_auth(&token).send().await.expect("send");
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    let all = futures_util::future::join_all(loops);
+    let done = tokio::time::timeout(Duration::from_secs(60), all).await.expect("requests stalled behind a full log pipe");
+    assert!(done.iter().all(Result::is_ok));
+    sp.stop_reading_log.store(false, std::sync::atomic::Ordering::SeqCst);
+    // 1 login + 4,000 requests, every line there once the reader is back.
+    assert!(sp.wait_log("authgate::access", 4001, Duration::from_secs(30)), "lines were lost");
+}

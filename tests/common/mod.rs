@@ -9,7 +9,7 @@ pub mod redis;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -349,6 +349,9 @@ pub struct Spawned {
     child: std::process::Child,
     /// Everything the process wrote to stderr so far, line by line.
     log: Arc<Mutex<String>>,
+    /// While set, nobody reads the process's stderr: its pipe fills up,
+    /// as with a log shipper that has stalled.
+    pub stop_reading_log: Arc<AtomicBool>,
 }
 
 impl Spawned {
@@ -423,8 +426,13 @@ pub fn spawn_binary(dir: tempfile::TempDir, text: &str, env: &[(&str, &str)]) ->
     let (tx, rx) = std::sync::mpsc::channel();
     let full_log = Arc::new(Mutex::new(String::new()));
     let keep = full_log.clone();
+    let stop_reading_log = Arc::new(AtomicBool::new(false));
+    let paused = stop_reading_log.clone();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
+        for line in std::io::BufReader::with_capacity(256, stderr).lines() {
+            while paused.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let Ok(line) = line else { break };
             if let Ok(mut l) = keep.lock() {
                 l.push_str(&line);
@@ -451,7 +459,7 @@ pub fn spawn_binary(dir: tempfile::TempDir, text: &str, env: &[(&str, &str)]) ->
         }
     };
     let client = client_for(&dir.path().join("cert.pem"), false);
-    Spawned { gw: Gateway { running: None, addr, dir, client }, child, log: full_log }
+    Spawned { gw: Gateway { running: None, addr, dir, client }, child, log: full_log, stop_reading_log }
 }
 
 /// Client loops over keep-alive connections (one per entry of `http2`:
