@@ -14,18 +14,25 @@ use crate::jwt::Identity;
 
 const SHARDS: usize = 16;
 
+/// foldhash, seeded per process, not SipHash: a token is 200 to 1,000
+/// bytes, hashed on every request, and SipHash spent about 1,000
+/// instructions on it. SipHash's resistance to chosen-key flooding buys
+/// nothing here: only tokens that passed verification become keys, so a
+/// client cannot choose them.
+type Shard = HashMap<Box<str>, Arc<Identity>, foldhash::fast::RandomState>;
+
 pub struct TokenCache {
-    shards: Vec<Mutex<HashMap<Box<str>, Arc<Identity>>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
 }
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens (0 disables it).
     pub fn new(capacity: usize) -> TokenCache {
-        TokenCache { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), per_shard: capacity.div_ceil(SHARDS) }
+        TokenCache { shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(), per_shard: capacity.div_ceil(SHARDS) }
     }
 
-    fn shard(&self, token: &str) -> &Mutex<HashMap<Box<str>, Arc<Identity>>> {
+    fn shard(&self, token: &str) -> &Mutex<Shard> {
         // The signature's last characters are as good as random for a
         // verified token, and cost nothing to pick.
         let b = token.as_bytes();
