@@ -210,7 +210,7 @@ pub async fn forward(
             Ok(Ok(r)) => r,
         };
         let (mut parts, body) = resp.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
+        response_headers(&mut parts.headers);
         return Ok(Response::from_parts(parts, body.boxed()));
     }
     let mut resp = match tokio::time::timeout(s.upstream_timeout, upstream::send_upgrade(pool.authority(), req)).await {
@@ -247,8 +247,19 @@ pub async fn forward(
         return Ok(Response::from_parts(parts, body::empty()));
     }
     let (mut parts, incoming) = resp.into_parts();
-    remove_hop_by_hop(&mut parts.headers);
+    response_headers(&mut parts.headers);
     Ok(Response::from_parts(parts, incoming.boxed()))
+}
+
+/// The upstream's response headers as the client will get them.
+fn response_headers(headers: &mut HeaderMap) {
+    // Both framings: hyper read the body as chunked (RFC 9112 6.3) and the
+    // client gets it chunked too; the upstream's Content-Length would frame
+    // it wrongly (a truncated body).
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    remove_hop_by_hop(headers);
 }
 
 /// Tells a request body the client broke (bad chunk, stall) from an upstream failure.

@@ -40,17 +40,22 @@ type Io = TokioIo<TcpStream>;
 /// and the state machine that must be polled for anything to happen.
 pub struct Conn {
     send: SendRequest<TimedBody>,
-    conn: Pin<Box<Connection<Io, TimedBody>>>,
-    ended: bool,
+    /// None once it has ended. Dropped then, not kept: a request queued on
+    /// it that it never took is handed back only when it is dropped (and is
+    /// then retried on another connection).
+    conn: Option<Pin<Box<Connection<Io, TimedBody>>>>,
 }
 
 impl Conn {
     /// Drives the connection. `true` when it has ended (closed or failed):
     /// it can never be used again.
     fn poll_done(&mut self, cx: &mut Context<'_>) -> bool {
-        // A finished future is not polled again.
-        self.ended = self.ended || self.conn.as_mut().poll(cx).is_ready();
-        self.ended
+        if let Some(c) = &mut self.conn
+            && c.as_mut().poll(cx).is_ready()
+        {
+            self.conn = None;
+        }
+        self.conn.is_none()
     }
 
     /// Ready for a request, or `false` when it has ended instead.
@@ -118,7 +123,7 @@ impl Pool {
     fn checkin(&self, conn: Conn) {
         // A connection that is not ready has a response still in flight,
         // or has been told to close: neither can be reused.
-        if !conn.send.is_ready() {
+        if conn.conn.is_none() || !conn.send.is_ready() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -143,7 +148,7 @@ impl Pool {
     async fn connect(&self) -> Result<Conn, SendError> {
         let tcp = connect_tcp(&self.authority).await.map_err(SendError::Connect)?;
         let (send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
-        Ok(Conn { send, conn: Box::pin(conn), ended: false })
+        Ok(Conn { send, conn: Some(Box::pin(conn)) })
     }
 
     /// Sends `req` on an idle connection, or a new one, and returns the
@@ -201,8 +206,9 @@ pub struct PooledBody {
     body: Incoming,
     conn: Option<Conn>,
     pool: Arc<Pool>,
-    /// The body said it has no more frames (a chunked body is never
-    /// `is_end_stream`, so this is how its end is known).
+    /// The body gave its last frame: no more frames, or trailers (a
+    /// chunked body is never `is_end_stream`, so this is how its end is
+    /// known).
     ended: bool,
 }
 
@@ -225,6 +231,12 @@ impl http_body::Body for PooledBody {
                 Poll::Ready(None) => {
                     this.ended = true;
                     return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are the last frame: hyper's server takes
+                    // them and drops the body without asking for more.
+                    this.ended |= frame.is_trailers();
+                    return Poll::Ready(Some(Ok(frame)));
                 }
                 ready => return ready,
             }
