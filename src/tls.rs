@@ -36,17 +36,42 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, ConfigError> 
     }
     let key = PrivateKeyDer::from_pem_file(&tls.key)
         .map_err(|e| err(config, "tls.key", format!("cannot read a PEM private key from {}: {e}", tls.key.display())))?;
-    let provider = Arc::new(aws_lc_rs::default_provider());
-    let mut sc = ServerConfig::builder_with_provider(provider)
+    let mut provider = aws_lc_rs::default_provider();
+    provider.cipher_suites = preferred_cipher_suites();
+    let mut sc = ServerConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| err(config, "tls", e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| err(config, "tls.key", format!("the key does not fit the certificate: {e}")))?;
     sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Our order, not the client's: see `preferred_cipher_suites`.
+    sc.ignore_client_order = true;
     // Returning clients resume without a full handshake.
     sc.ticketer = aws_lc_rs::Ticketer::new().map_err(|e| err(config, "tls", e.to_string()))?;
     Ok(Arc::new(sc))
+}
+
+/// rustls' default suites (AEAD with forward secrecy only), AES-128-GCM
+/// first. OpenSSL clients (curl, wrk, most libraries) list AES-256-GCM
+/// with SHA-384 first. Its key schedule (HKDF over SHA-384) was 40 % of
+/// the CPU time of a resumed TLS 1.3 handshake here, while SHA-256 has
+/// hardware support (SHA-NI, ARMv8) and AES-128 does 10 rounds to
+/// AES-256's 14. AES-128-GCM is TLS 1.3's mandatory suite and first in
+/// Mozilla's recommended order; the choice costs no security that matters.
+fn preferred_cipher_suites() -> Vec<rustls::SupportedCipherSuite> {
+    use aws_lc_rs::cipher_suite::*;
+    vec![
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ]
 }
 
 /// Writes a self-signed ECDSA P-256 certificate for `hosts` and its key (0600).

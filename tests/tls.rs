@@ -139,3 +139,42 @@ async fn plain_http_to_the_tls_port_gets_no_200() {
     assert!(!text.contains("upstream") && !text.contains("\"path\""), "plain HTTP was served: {text}");
     gw.stop().await;
 }
+
+/// The server's suite order, not the client's: a client that lists
+/// AES-256-GCM first (OpenSSL's default order) gets AES-128-GCM; a client
+/// that offers only ChaCha20 still gets it; TLS 1.2 follows the same order.
+#[tokio::test]
+async fn the_server_picks_aes_128_gcm_first_and_honours_what_a_client_can_do() {
+    use rustls::crypto::aws_lc_rs::cipher_suite::*;
+    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let gw = Gateway::start("", ROUTES).await;
+    let negotiate = |suites: Vec<rustls::SupportedCipherSuite>, v: &'static rustls::SupportedProtocolVersion| {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(gw.cert_path()).expect("cert") {
+            roots.add(c.expect("cert")).expect("add root");
+        }
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider.cipher_suites = suites;
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[v])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let addr = gw.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let name = ServerName::try_from("localhost").expect("name");
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.expect("handshake");
+            tls.get_ref().1.negotiated_cipher_suite().expect("suite").suite()
+        }
+    };
+    let openssl_order = vec![TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256, TLS13_AES_128_GCM_SHA256];
+    assert_eq!(negotiate(openssl_order, &rustls::version::TLS13).await, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    assert_eq!(
+        negotiate(vec![TLS13_CHACHA20_POLY1305_SHA256], &rustls::version::TLS13).await,
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+    );
+    let tls12 = vec![TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256];
+    assert_eq!(negotiate(tls12, &rustls::version::TLS12).await, rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
+    gw.stop().await;
+}
