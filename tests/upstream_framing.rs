@@ -115,6 +115,16 @@ fn echo_path(line: &str) -> Answer {
     Answer { bytes: ok(&format!("for {path}")), read_body: true, ..Answer::default() }
 }
 
+/// A script that answers a request whose line contains `needle` with
+/// `bytes` (after reading its body), and any other with `echo_path`.
+fn answer_on(needle: &'static str, bytes: &'static [u8]) -> Script {
+    Arc::new(
+        move |line: &str| {
+            if line.contains(needle) { Answer { bytes: bytes.to_vec(), read_body: true, ..Answer::default() } } else { echo_path(line) }
+        },
+    )
+}
+
 async fn gateway(addr: SocketAddr) -> Gateway {
     Gateway::start("", &format!("[[routes]]\npath = \"/\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n")).await
 }
@@ -284,17 +294,8 @@ async fn a_request_body_that_breaks_after_an_early_answer() {
 /// and the next requests get their own answers.
 #[tokio::test]
 async fn content_length_and_chunked_response() {
-    let script: Script = Arc::new(|line: &str| {
-        if line.contains("/both") {
-            Answer {
-                bytes: b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n".to_vec(),
-                read_body: true,
-                ..Answer::default()
-            }
-        } else {
-            echo_path(line)
-        }
-    });
+    let script =
+        answer_on("/both", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n");
     let (addr, _log) = scripted_upstream(script).await;
     let gw = gateway(addr).await;
     let r = gw.client.get(gw.url("/both")).send().await.expect("send");
@@ -305,23 +306,15 @@ async fn content_length_and_chunked_response() {
     gw.stop().await;
 }
 
-/// Perf, not safety: a chunked response with trailers is never pooled. The
+/// A chunked response with trailers leaves its connection in the pool. The
 /// HTTP/1 server drops the body right after the trailers frame without
-/// polling it to `None`, so `PooledBody` is neither `ended` nor
-/// `is_end_stream()` (chunked) and the connection is closed.
+/// polling it to `None`, and a chunked body is never `is_end_stream()`, so
+/// the trailers frame itself marks the end (performance, not safety:
+/// without it every such response cost a new connection).
 #[tokio::test]
 async fn a_response_with_trailers_leaves_its_connection_reusable() {
-    let script: Script = Arc::new(|line: &str| {
-        if line.contains("/trailers") {
-            Answer {
-                bytes: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n4\r\ntrlr\r\n0\r\nx-t: 1\r\n\r\n".to_vec(),
-                read_body: true,
-                ..Answer::default()
-            }
-        } else {
-            echo_path(line)
-        }
-    });
+    let script =
+        answer_on("/trailers", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n4\r\ntrlr\r\n0\r\nx-t: 1\r\n\r\n");
     let (addr, log) = scripted_upstream(script).await;
     let gw = gateway(addr).await;
     for _ in 0..3 {
