@@ -592,7 +592,8 @@ for a, b, want in checks:
     bad = a in invalid or b in invalid
     verdict = "INVALID" if bad else ("met" if r >= want else "not met")
     failed |= bad
-    print("  %-16s >= %.2fx %-16s  %.2fx  %s" % (a, want, b, r, verdict))
+    # Three decimals: a median of 0.996x must not read as "1.00x  not met".
+    print("  %-16s >= %.2fx %-16s  %.3fx  %s" % (a, want, b, r, verdict))
 if mode == "keepalive" and "nginx" in targets:
     for a in [t for t in targets if t.startswith("authgate-")]:
         pa, pn = med(a, "p99_us"), med("nginx", "p99_us")
