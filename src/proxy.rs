@@ -132,9 +132,10 @@ pub fn retarget(req: &mut Request<Incoming>, host: Option<&HeaderValue>, path_an
 }
 
 /// The client's request body as sent upstream. It must arrive within
-/// `body_timeout` of when forwarding starts reading it, extended by one second per `body_min_rate` bytes received
-/// (Apache mod_reqtimeout's scheme): a large upload at a sane rate goes
-/// through, a slowloris body trickling a byte a second is cut off.
+/// `body_timeout` of when forwarding starts reading it, extended by one
+/// second per `body_min_rate` bytes received (Apache mod_reqtimeout's
+/// scheme): a large upload at a sane rate goes through, a slowloris body
+/// trickling a byte a second is cut off.
 pub struct TimedBody {
     inner: Incoming,
     /// Set when the body is first read: a request without one (most of
@@ -203,25 +204,17 @@ pub async fn forward(
     let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let hold = req.extensions_mut().remove::<crate::conn::ConnHold>();
     let req = req.map(|b| TimedBody::new(b, s));
-    if client_upgrade.is_none() {
-        let resp = match tokio::time::timeout(s.upstream_timeout, pool.send(req)).await {
-            Err(_) => return Err(GatewayError::GatewayTimeout),
-            Ok(Err(e)) => return Err(request_error(&e)),
-            Ok(Ok(r)) => r,
-        };
+    let Some(client_upgrade) = client_upgrade else {
+        let resp = head_within(s, pool.send(req)).await?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(GatewayError::BadGateway("upstream switched protocols unasked".into()));
+        }
         let (mut parts, body) = resp.into_parts();
         response_headers(&mut parts.headers);
         return Ok(Response::from_parts(parts, body.boxed()));
-    }
-    let mut resp = match tokio::time::timeout(s.upstream_timeout, upstream::send_upgrade(pool.authority(), req)).await {
-        Err(_) => return Err(GatewayError::GatewayTimeout),
-        Ok(Err(e)) => return Err(request_error(&e)),
-        Ok(Ok(r)) => r,
     };
+    let mut resp = head_within(s, upstream::send_upgrade(pool.authority(), req)).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
-            return Err(GatewayError::BadGateway("upstream switched protocols unasked".into()));
-        };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
@@ -249,6 +242,16 @@ pub async fn forward(
     let (mut parts, incoming) = resp.into_parts();
     response_headers(&mut parts.headers);
     Ok(Response::from_parts(parts, incoming.boxed()))
+}
+
+/// The response head within `upstream_timeout`, failures sorted into the
+/// client's (400, 408) and the upstream's (502), a timeout 504.
+async fn head_within<T>(s: &crate::config::ServerConfig, sent: impl Future<Output = Result<T, SendError>>) -> Result<T, GatewayError> {
+    match tokio::time::timeout(s.upstream_timeout, sent).await {
+        Err(_) => Err(GatewayError::GatewayTimeout),
+        Ok(Err(e)) => Err(request_error(&e)),
+        Ok(Ok(r)) => Ok(r),
+    }
 }
 
 /// The upstream's response headers as the client will get them.

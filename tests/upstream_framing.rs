@@ -325,3 +325,16 @@ async fn a_response_with_trailers_leaves_its_connection_reusable() {
     assert_eq!(log.conns(), 1, "each response with trailers cost a new upstream connection: {:?}", log.lines());
     gw.stop().await;
 }
+
+/// An upstream that switches protocols on a request that did not ask to:
+/// 502, never a 101 passed to the client on a connection that stays HTTP.
+#[tokio::test]
+async fn a_switch_of_protocols_nobody_asked_for_is_502() {
+    let script = answer_on("/switch", b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let (addr, _log) = scripted_upstream(script).await;
+    let gw = gateway(addr).await;
+    let r = gw.client.get(gw.url("/switch")).send().await.expect("send");
+    assert_eq!(r.status(), 502);
+    check_next_requests(&gw, 2).await;
+    gw.stop().await;
+}
