@@ -250,14 +250,8 @@ impl App {
                     pq.push('?');
                     pq.push_str(q);
                 }
-                let unlisted;
-                let pool = match self.upstreams.pool(authority) {
-                    Some(pool) => pool,
-                    None => {
-                        unlisted = Arc::new(crate::upstream::Pool::new(authority.clone()));
-                        &unlisted
-                    }
-                };
+                // Built from the same routes as the route table: always there.
+                let pool = self.upstreams.pool(authority).ok_or_else(|| GatewayError::BadGateway("no pool for this upstream".into()))?;
                 proxy::retarget(&mut req, pool.host(), &pq)?;
                 let sent = Instant::now();
                 let resp = proxy::forward(pool, req, &self.config.server).await;

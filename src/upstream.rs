@@ -296,8 +296,8 @@ impl Upstreams {
         Upstreams { pools }
     }
 
-    /// The pool for `authority`, if a route names it. A handful of
-    /// routes: a scan beats a hash.
+    /// The pool for `authority`, if a route names it (every route's
+    /// upstream has one). A handful of routes: a scan beats a hash.
     pub fn pool(&self, authority: &Authority) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| p.authority == *authority)
     }
