@@ -20,6 +20,7 @@ use crate::cors::Cors;
 use crate::error::{GatewayError, TokenError};
 use crate::identity::IdentityRules;
 use crate::jwt::{Identity, Signer, Verifier, now_secs};
+use crate::log_format::Ip;
 use crate::login::Endpoint;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Forwarded};
@@ -175,7 +176,7 @@ impl App {
         self.metrics.request(route, resp.status().as_u16());
         tracing::info!(
             target: ACCESS_LOG,
-            client = %t.client,
+            client = %Ip(t.client),
             method = %method,
             path = %t.path,
             route = %route,

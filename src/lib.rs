@@ -29,6 +29,7 @@ pub mod identity;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod log_format;
 pub mod login;
 pub mod metrics;
 pub mod proxy;

@@ -8,6 +8,7 @@ use clap::{CommandFactory, Parser};
 
 use authgate::cli::{Cli, Command};
 use authgate::config::{self, ConfigError, LogFormat};
+use authgate::log_format::{PlainFields, PlainFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -54,6 +55,8 @@ fn init_tracing(format: LogFormat, background: bool) -> Option<tracing_appender:
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
+        // The same lines as tracing-subscriber's, written for less (see log_format).
+        LogFormat::Text if !ansi => builder.fmt_fields(PlainFields).event_format(PlainFormat).try_init(),
         LogFormat::Text => builder.try_init(),
     };
     guard
