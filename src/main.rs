@@ -10,6 +10,12 @@ use authgate::cli::{Cli, Command};
 use authgate::config::{self, ConfigError, LogFormat};
 use authgate::log_format::{PlainFields, PlainFormat};
 
+/// mimalloc instead of glibc's malloc: about 2,000 fewer instructions a
+/// proxied request (`bench/instructions.sh`), and freed memory goes back
+/// to the system instead of staying in glibc's arenas.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `check` answers one question, is this config usable: any failure is 2.
