@@ -41,6 +41,7 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod tls_stream;
 pub mod token_cache;
 pub mod upstream;
 pub mod users;

@@ -20,7 +20,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::app::{App, ConnInfo};
@@ -158,12 +157,12 @@ pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdo
         let Some((tcp, peer)) = accept(&listener, &mut shutdown).await else { break };
         let _ = tcp.set_nodelay(true);
         let open = app.load().metrics.connection();
-        let acceptor = TlsAcceptor::from(tls.load_full());
+        let tls_config = tls.load_full();
         // Shared with an upgraded connection, which may outlive this task.
         let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((permit, open));
         // The slot travels into the connection's service, which holds it until
         // the connection is done (or hands it on to an upgraded connection).
-        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), acceptor, stop_rx.clone(), slot);
+        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), tls_config, stop_rx.clone(), slot);
         tokio::spawn(task.instrument(tracing::info_span!("conn", %peer)));
     }
     drop(listener);
@@ -215,7 +214,7 @@ async fn serve_connection(
     tcp: TcpStream,
     conn: ConnInfo,
     app: SharedApp,
-    acceptor: TlsAcceptor,
+    tls_config: Arc<rustls::ServerConfig>,
     mut stop: watch::Receiver<bool>,
     slot: Arc<dyn std::any::Any + Send + Sync>,
 ) {
@@ -226,7 +225,7 @@ async fn serve_connection(
     // Boxed, here and below, so that an idle connection's task stays small:
     // the handshake's state is freed once done, and a TLS stream moved
     // between hyper sessions is one pointer.
-    let mut tls = match tokio::time::timeout(header_timeout, Box::pin(acceptor.accept(tcp))).await {
+    let mut tls = match tokio::time::timeout(header_timeout, Box::pin(crate::tls_stream::accept(tcp, tls_config))).await {
         Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
         Err(_) => return tracing::debug!("TLS handshake timed out"),
@@ -252,7 +251,7 @@ async fn serve_connection(
     let deadlines = Deadlines { header: header_timeout, idle: idle_timeout };
 
     // HTTP/2 only when the client asked for it by ALPN (RFC 9113, 3.2).
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+    if tls.alpn_protocol() == Some(b"h2") {
         let io = TokioIo::new(WatchedIo::new(tls, activity.clone()));
         let mut connection = Box::pin(h2.serve_connection(io, svc));
         drive(connection.as_mut(), |c| c.graceful_shutdown(), &activity, &mut stop, deadlines, false).await;
@@ -281,11 +280,13 @@ async fn serve_connection(
         drop(parts.read_buf);
         drop(parts.service);
         tls = io.into_inner();
-        if prefix.is_empty() {
+        if prefix.is_empty() && !tls.has_buffered() {
+            // The TLS buffers go too; what stays is the session's state.
+            tls.release_buffers();
             let _parked = current.load().metrics.parked();
             let wait = idle_timeout.saturating_sub(activity.quiet());
             let readable = tokio::select! {
-                r = tokio::time::timeout(wait, tls.get_ref().0.readable()) => matches!(r, Ok(Ok(()))),
+                r = tokio::time::timeout(wait, tls.tcp().readable()) => matches!(r, Ok(Ok(()))),
                 _ = stop.wait_for(|s| *s) => false,
             };
             if !readable {

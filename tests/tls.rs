@@ -1,5 +1,7 @@
 //! The TLS listener: ALPN h2 and http/1.1, TLS 1.2 and 1.3 (and nothing
-//! older), the generated development certificate, plain HTTP refused.
+//! older), the generated development certificate, plain HTTP refused; and
+//! the TLS stream itself (src/tls_stream.rs): key updates, close_notify,
+//! forged records.
 
 mod common;
 
@@ -176,5 +178,76 @@ async fn the_server_picks_aes_128_gcm_first_and_honours_what_a_client_can_do() {
     );
     let tls12 = vec![TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256];
     assert_eq!(negotiate(tls12, &rustls::version::TLS12).await, rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256);
+    gw.stop().await;
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// One keep-alive GET on `s`; the status and whether the response was whole.
+async fn get(s: &mut Tls) -> u16 {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.expect("answered in time").expect("read");
+        assert!(n > 0, "closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().expect("length")))
+                .expect("a content-length");
+            if body.len() >= len {
+                return head[9..12].parse().expect("status");
+            }
+        }
+    }
+}
+
+/// A TLS 1.3 client may update its traffic keys at any time (and ask the
+/// server to update its own): requests before and after go through.
+#[tokio::test]
+async fn a_key_update_mid_connection_keeps_it_working() {
+    let gw = Gateway::start("", ROUTES).await;
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    assert_eq!(get(&mut s).await, 200);
+    s.get_mut().1.refresh_traffic_keys().expect("key update");
+    assert_eq!(get(&mut s).await, 200);
+    s.get_mut().1.refresh_traffic_keys().expect("key update");
+    assert_eq!(get(&mut s).await, 200);
+    gw.stop().await;
+}
+
+/// A client that says close_notify and stops writing sees the server close.
+#[tokio::test]
+async fn close_notify_from_the_client_closes_the_connection() {
+    let gw = Gateway::start("", ROUTES).await;
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    assert_eq!(get(&mut s).await, 200);
+    s.shutdown().await.expect("close_notify");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await.expect("the server closed in time");
+    assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    gw.stop().await;
+}
+
+/// A record the client's keys did not make (a forged or corrupted one)
+/// fails to decrypt: the server answers with a fatal alert and closes, and
+/// goes on serving others.
+#[tokio::test]
+async fn a_forged_record_gets_a_fatal_alert_and_a_closed_connection() {
+    let gw = Gateway::start("", ROUTES).await;
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    assert_eq!(get(&mut s).await, 200);
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x30];
+    forged.extend_from_slice(&[0x5a; 0x30]);
+    s.get_mut().0.write_all(&forged).await.expect("write");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await.expect("the server closed in time");
+    let error = read.expect_err("the connection ended with an alert").to_string();
+    assert!(error.contains("BadRecordMac"), "{error}");
+    let mut other = raw_tls(&gw, &[b"http/1.1"]).await;
+    assert_eq!(get(&mut other).await, 200);
     gw.stop().await;
 }
