@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # authgate's memory under load (issue 6, point 5), measured from outside:
 #   1. RSS with IDLE_CONNS (10,000) idle keep-alive TLS connections open;
-#   2. RSS across REQUESTS (1,000,000) proxied requests: sampled after a
-#      warm-up and at the end, "flat" meaning within +-10 %.
+#   2. RSS across REQUESTS (1,000,000) proxied requests, on a fresh
+#      authgate: sampled after a warm-up and at the end, "flat" meaning
+#      within +-10 %.
 # authgate runs the release build with HS256 on a `required` route to the
 # built-in echo upstream, pinned to CPU 1; the clients run on CPU 0.
 #
@@ -65,17 +66,21 @@ auth = "required"
 EOF
 TOKEN=$(timeout 30 "$AUTHGATE" token --config "$WORK/config.toml" --sub bench --ttl 2h)
 
-RUST_LOG=warn,rustls=error taskset -c "$SERVER_CPU" "$AUTHGATE" serve --config "$WORK/config.toml" 2>"$WORK/authgate.log" &
-AG=$!
-PIDS+=("$AG")
-for _ in $(seq 100); do
-    curl -sk -o /dev/null "https://127.0.0.1:$PORT/" && break
-    sleep 0.1
-done
+# Starts authgate (AG = its PID) and waits until it answers with the token.
+start_authgate() {
+    RUST_LOG=warn,rustls=error taskset -c "$SERVER_CPU" "$AUTHGATE" serve --config "$WORK/config.toml" 2>>"$WORK/authgate.log" &
+    AG=$!
+    PIDS+=("$AG")
+    for _ in $(seq 100); do
+        curl -sk -o /dev/null "https://127.0.0.1:$PORT/" && break
+        sleep 0.1
+    done
+    code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$PORT/")
+    [ "$code" = 200 ] || { echo "memory.sh: authgate answered $code with the token" >&2; exit 1; }
+    echo "authgate pid $AG, RSS at start: $(rss) kB"
+}
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$AG/status"; }
-code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$PORT/")
-[ "$code" = 200 ] || { echo "memory.sh: authgate answered $code with the token" >&2; exit 1; }
-echo "authgate pid $AG, RSS at start: $(rss) kB"
+start_authgate
 
 # 1. Idle keep-alive connections: each does a TLS handshake and one request,
 #    then stays open and silent.
@@ -107,9 +112,14 @@ IDLE_RSS=$(rss)
 echo "RSS with $IDLE_CONNS idle keep-alive TLS connections: $IDLE_RSS kB ($((IDLE_RSS / 1024)) MB; target <= 64 MB)"
 kill "$IDLE" 2>/dev/null || true
 wait "$IDLE" 2>/dev/null || true
-sleep 2
 
-# 2. Many proxied requests: RSS after a warm-up tenth, then at the end.
+# 2. Many proxied requests: RSS after a warm-up tenth, then at the end. On
+# a fresh authgate: what the idle connections freed would otherwise still
+# be going back to the system during the run (mimalloc returns freed
+# memory gradually), which reads as RSS falling, not as the steady state.
+kill "$AG" 2>/dev/null || true
+wait "$AG" 2>/dev/null || true
+start_authgate
 WARM=$((REQUESTS / 10))
 taskset -c "$CLIENT_CPU" timeout 600 h2load --h1 -n "$WARM" -c "$CONNS" -m 1 -H "authorization: Bearer $TOKEN" "https://127.0.0.1:$PORT/" > "$WORK/warm.txt"
 WARM_RSS=$(rss)

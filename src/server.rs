@@ -218,17 +218,19 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
     slot: Arc<dyn std::any::Any + Send + Sync>,
 ) {
-    let (header_timeout, idle_timeout, h1, h2) = {
-        let s = &app.load().config.server;
-        (s.header_read_timeout, s.idle_timeout, http1_builder(s), http2_builder(s))
-    };
-    // Boxed, here and below, so that an idle connection's task stays small:
-    // the handshake's state is freed once done, and a TLS stream moved
-    // between hyper sessions is one pointer.
-    let mut tls = match tokio::time::timeout(header_timeout, Box::pin(crate::tls_stream::accept(tcp, tls_config))).await {
+    // Boxed, here and below: a task's future keeps room for the largest
+    // state it passes through, and the state an idle connection spends its
+    // life in is the parked one. The handshake, the hyper sessions and
+    // their deadlines live on the heap only while they run.
+    let header_timeout = app.load().config.server.header_read_timeout;
+    let mut tls = match Box::pin(tokio::time::timeout(header_timeout, crate::tls_stream::accept(tcp, tls_config))).await {
         Ok(Ok(tls)) => Box::new(tls),
         Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
         Err(_) => return tracing::debug!("TLS handshake timed out"),
+    };
+    let (idle_timeout, h1) = {
+        let s = &app.load().config.server;
+        (s.idle_timeout, http1_builder(s))
     };
     let activity = Activity::new(header_timeout);
     let svc_activity = activity.clone();
@@ -252,51 +254,63 @@ async fn serve_connection(
 
     // HTTP/2 only when the client asked for it by ALPN (RFC 9113, 3.2).
     if tls.alpn_protocol() == Some(b"h2") {
+        let h2 = http2_builder(&current.load().config.server);
         let io = TokioIo::new(WatchedIo::new(tls, activity.clone()));
         let mut connection = Box::pin(h2.serve_connection(io, svc));
-        drive(connection.as_mut(), |c| c.graceful_shutdown(), &activity, &mut stop, deadlines, false).await;
+        Box::pin(drive(connection.as_mut(), |c| c.graceful_shutdown(), &activity, &mut stop, deadlines, false)).await;
         return;
     }
 
-    drop(h2);
     let mut prefix = bytes::Bytes::new();
     loop {
         let io = TokioIo::new(WatchedIo::parking(tls, activity.clone(), prefix));
         let mut connection = Box::pin(h1.serve_connection(io, svc.clone()).with_upgrades());
-        if !drive(connection.as_mut(), |c| c.graceful_shutdown(), &activity, &mut stop, deadlines, true).await {
+        if !Box::pin(drive(connection.as_mut(), |c| c.graceful_shutdown(), &activity, &mut stop, deadlines, true)).await {
             return;
         }
         // The session ended cleanly: the client left, the connection was
         // upgraded (hyper has the stream), or it parked.
         // Everything of hyper's is dropped here, before the wait. (The bytes
         // it had read and not used are copied: its Bytes would keep its whole
-        // read buffer alive.)
-        let Some(parts) = Pin::into_inner(connection).into_parts() else { return };
-        let io = parts.io.into_inner();
-        if !io.is_parked() {
-            return;
-        }
-        prefix = if parts.read_buf.is_empty() { bytes::Bytes::new() } else { bytes::Bytes::copy_from_slice(&parts.read_buf) };
-        drop(parts.read_buf);
-        drop(parts.service);
-        tls = io.into_inner();
-        if prefix.is_empty() && !tls.has_buffered() {
-            // The TLS buffers go too; what stays is the session's state.
-            tls.release_buffers();
-            let _parked = current.load().metrics.parked();
-            let wait = idle_timeout.saturating_sub(activity.quiet());
-            let readable = tokio::select! {
-                r = tokio::time::timeout(wait, tls.tcp().readable()) => matches!(r, Ok(Ok(()))),
-                _ = stop.wait_for(|s| *s) => false,
-            };
-            if !readable {
-                // Idle past idle_timeout, or shutting down: close_notify, then close.
-                let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+        // read buffer alive.) In a block, so that none of it is kept in the
+        // future across the wait.
+        (tls, prefix) = {
+            let Some(parts) = Pin::into_inner(connection).into_parts() else { return };
+            let io = parts.io.into_inner();
+            if !io.is_parked() {
                 return;
             }
+            let prefix = if parts.read_buf.is_empty() { bytes::Bytes::new() } else { bytes::Bytes::copy_from_slice(&parts.read_buf) };
+            (io.into_inner(), prefix)
+        };
+        if prefix.is_empty() && !tls.has_buffered() && !park(&mut tls, &activity, &current, idle_timeout, &mut stop).await {
+            return;
         }
         activity.unparked();
     }
+}
+
+/// Waits for the client's next bytes holding only the TLS stream, whose
+/// buffers are freed first. False when the connection is to close instead
+/// (idle past `idle_timeout`, or shutting down), after its close_notify.
+async fn park(
+    tls: &mut crate::tls_stream::TlsStream,
+    activity: &Activity,
+    app: &SharedApp,
+    idle_timeout: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    tls.release_buffers();
+    let _parked = app.load().metrics.parked();
+    let wait = idle_timeout.saturating_sub(activity.quiet());
+    let readable = tokio::select! {
+        r = tokio::time::timeout(wait, tls.tcp().readable()) => matches!(r, Ok(Ok(()))),
+        _ = stop.wait_for(|s| *s) => false,
+    };
+    if !readable {
+        let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+    }
+    readable
 }
 
 #[derive(Clone, Copy)]
