@@ -28,6 +28,10 @@ use tokio::net::TcpStream;
 /// The largest TLS record on the wire: 2^14 bytes of plaintext plus up to
 /// 2,048 of expansion (TLS 1.2 allows that much) and the 5-byte header.
 const MAX_RECORD: usize = 16_384 + 2_048 + 5;
+/// The most `incoming` holds: a handshake message may span records, which
+/// rustls joins in place, up to 64 KB (as its buffered API allows), plus
+/// the record that completes it.
+const MAX_INCOMING: usize = 0xffff + MAX_RECORD;
 /// What a read from the socket asks for at least.
 const READ_SIZE: usize = 4_096;
 /// Application data encrypted per `poll_write`, at most: one full record,
@@ -271,12 +275,12 @@ impl TlsStream {
     /// as the socket drained and spares the system call that would say so.)
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.incoming.len() - self.in_len < READ_SIZE {
-            if self.in_len > 2 * MAX_RECORD {
-                // rustls refuses an oversized record long before this.
-                return Poll::Ready(Err(tls_error("TLS record too large")));
+            if self.in_len >= MAX_INCOMING {
+                // rustls refuses an oversized record or message before this.
+                return Poll::Ready(Err(tls_error("TLS message too large")));
             }
             let grow = READ_SIZE.max(self.in_len);
-            self.incoming.resize(self.in_len + grow, 0);
+            self.incoming.resize((self.in_len + grow).min(MAX_INCOMING + READ_SIZE), 0);
         }
         let mut buf = ReadBuf::new(&mut self.incoming[self.in_len..]);
         ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
