@@ -399,10 +399,8 @@ impl AsyncWrite for TlsStream {
         if !this.closing {
             ready!(this.poll_send(cx))?;
             // close_notify; a connection rustls already closed just ends.
-            match this.process(Op::CloseNotify) {
-                Ok(_) => this.closing = true,
-                Err(_) => this.closing = true,
-            }
+            let _ = this.process(Op::CloseNotify);
+            this.closing = true;
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
