@@ -118,6 +118,12 @@ impl Activity {
         self.last.store(self.now_ms(), Relaxed);
     }
 
+    /// The TLS handshake (whose bytes do not pass through `WatchedIo`) just
+    /// finished: the connection's idle time counts from here.
+    pub fn handshake_done(&self) {
+        self.on_write();
+    }
+
     /// A request head was parsed and handed to the service. The guard marks
     /// the end of the service call when dropped. `whole` says the request has
     /// no body (and is no upgrade): if the read that brought its head ended
@@ -270,18 +276,16 @@ pub struct WatchedIo<T> {
     activity: Arc<Activity>,
     parking: bool,
     parked: bool,
-    /// bytes hyper had read but not used when the last session ended
-    prefix: bytes::Bytes,
 }
 
 impl<T> WatchedIo<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        WatchedIo { inner, activity, parking: false, parked: false, prefix: bytes::Bytes::new() }
+        WatchedIo { inner, activity, parking: false, parked: false }
     }
 
-    /// An HTTP/1 session that may park; `prefix` is read before `inner`.
-    pub fn parking(inner: T, activity: Arc<Activity>, prefix: bytes::Bytes) -> Self {
-        WatchedIo { inner, activity, parking: true, parked: false, prefix }
+    /// An HTTP/1 session that may park.
+    pub fn parking(inner: T, activity: Arc<Activity>) -> Self {
+        WatchedIo { inner, activity, parking: true, parked: false }
     }
 
     /// Whether this session ended because the connection parked (the
@@ -297,13 +301,6 @@ impl<T> WatchedIo<T> {
 
 impl<T: AsyncRead + Unpin> AsyncRead for WatchedIo<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let head = self.prefix.split_to(n);
-            buf.put_slice(&head);
-            self.activity.on_read(&head);
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         match r {

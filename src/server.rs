@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -210,102 +211,131 @@ impl http_body::Body for Tracked {
 /// *parks*: hyper's session ends and its buffers are freed, and the task
 /// waits for the socket to become readable holding only the TLS stream. This
 /// is what keeps thousands of idle keep-alive connections cheap.
-async fn serve_connection(
+///
+/// The task's future is what a parked connection costs, so it is kept
+/// small: a future keeps room for the largest state it passes through, and
+/// the state an idle connection spends its life in is the parked one. The
+/// handshake and each hyper session live on the heap only while they run,
+/// and this is a function returning an `async` block rather than an `async
+/// fn`, which would keep a second copy of every parameter (the TcpStream
+/// among them) in the future for good.
+fn serve_connection(
     tcp: TcpStream,
     conn: ConnInfo,
     app: SharedApp,
     tls_config: Arc<rustls::ServerConfig>,
     mut stop: watch::Receiver<bool>,
     slot: Arc<dyn std::any::Any + Send + Sync>,
-) {
-    // Boxed, here and below: a task's future keeps room for the largest
-    // state it passes through, and the state an idle connection spends its
-    // life in is the parked one. The handshake, the hyper sessions and
-    // their deadlines live on the heap only while they run.
-    let header_timeout = app.load().config.server.header_read_timeout;
-    let mut tls = match Box::pin(tokio::time::timeout(header_timeout, crate::tls_stream::accept(tcp, tls_config))).await {
-        Ok(Ok(tls)) => Box::new(tls),
-        Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
-        Err(_) => return tracing::debug!("TLS handshake timed out"),
-    };
-    let (idle_timeout, h1) = {
+) -> impl Future<Output = ()> + Send + 'static {
+    let (header_timeout, idle_timeout) = {
         let s = &app.load().config.server;
-        (s.idle_timeout, http1_builder(s))
+        (s.header_read_timeout, s.idle_timeout)
     };
-    let activity = Activity::new(header_timeout);
-    let svc_activity = activity.clone();
-    let current = app.clone();
-    let hold = ConnHold { slot, activity: activity.clone(), idle_timeout };
-    let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        let app = app.load_full();
-        let upgrade = crate::proxy::wants_upgrade(&req);
-        let guard = svc_activity.request(!upgrade && req.body().is_end_stream());
-        let responding = svc_activity.responding();
-        if upgrade {
-            req.extensions_mut().insert(hold.clone());
+    let handshake = Box::pin(tokio::time::timeout(header_timeout, crate::tls_stream::accept(tcp, tls_config)));
+    let hold = ConnHold { slot, activity: Activity::new(header_timeout), idle_timeout };
+    async move {
+        let mut tls = match handshake.await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
+            Err(_) => return tracing::debug!("TLS handshake timed out"),
+        };
+        hold.activity.handshake_done();
+        loop {
+            let deadlines = Deadlines { header: header_timeout, idle: hold.idle_timeout };
+            tls = match Box::pin(session(tls, conn, &app, &hold, &mut stop, deadlines)).await {
+                Some(tls) => tls,
+                None => return,
+            };
+            if !tls.has_buffered() && !park(&mut tls, &hold, &app, &mut stop).await {
+                return;
+            }
+            hold.activity.unparked();
         }
-        async move {
-            let resp = app.handle(conn, req).await;
-            drop(guard);
-            Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _guard: responding }))
-        }
-    });
-    let deadlines = Deadlines { header: header_timeout, idle: idle_timeout };
+    }
+}
+
+/// One hyper session on the connection: HTTP/2 for its whole life, or
+/// HTTP/1 until it parks. The TLS stream comes back when it parked; None
+/// when the connection is done (the client left, it was upgraded, it failed,
+/// a deadline passed, or shutdown drained it).
+async fn session(
+    tls: Box<crate::tls_stream::TlsStream>,
+    conn: ConnInfo,
+    app: &SharedApp,
+    hold: &ConnHold,
+    stop: &mut watch::Receiver<bool>,
+    deadlines: Deadlines,
+) -> Option<Box<crate::tls_stream::TlsStream>> {
+    let activity = &hold.activity;
+    let svc = {
+        let (app, activity, hold) = (app.clone(), activity.clone(), hold.clone());
+        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let app = app.load_full();
+            let upgrade = crate::proxy::wants_upgrade(&req);
+            let guard = activity.request(!upgrade && req.body().is_end_stream());
+            let responding = activity.responding();
+            if upgrade {
+                req.extensions_mut().insert(hold.clone());
+            }
+            async move {
+                let resp = app.handle(conn, req).await;
+                drop(guard);
+                Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _guard: responding }))
+            }
+        })
+    };
 
     // HTTP/2 only when the client asked for it by ALPN (RFC 9113, 3.2).
     if tls.alpn_protocol() == Some(b"h2") {
-        let h2 = http2_builder(&current.load().config.server);
+        let h2 = http2_builder(&app.load().config.server);
         let io = TokioIo::new(WatchedIo::new(tls, activity.clone()));
         let mut connection = Box::pin(h2.serve_connection(io, svc));
-        Box::pin(drive(connection.as_mut(), |c| c.graceful_shutdown(), &activity, &mut stop, deadlines, false)).await;
-        return;
+        drive(connection.as_mut(), |c| c.graceful_shutdown(), activity, stop, deadlines, false).await;
+        return None;
     }
 
-    let mut prefix = bytes::Bytes::new();
-    loop {
-        let io = TokioIo::new(WatchedIo::parking(tls, activity.clone(), prefix));
-        let mut connection = Box::pin(h1.serve_connection(io, svc.clone()).with_upgrades());
-        if !Box::pin(drive(connection.as_mut(), |c| c.graceful_shutdown(), &activity, &mut stop, deadlines, true)).await {
-            return;
-        }
-        // The session ended cleanly: the client left, the connection was
-        // upgraded (hyper has the stream), or it parked.
-        // Everything of hyper's is dropped here, before the wait. (The bytes
-        // it had read and not used are copied: its Bytes would keep its whole
-        // read buffer alive.) In a block, so that none of it is kept in the
-        // future across the wait.
-        (tls, prefix) = {
-            let Some(parts) = Pin::into_inner(connection).into_parts() else { return };
-            let io = parts.io.into_inner();
-            if !io.is_parked() {
-                return;
-            }
-            let prefix = if parts.read_buf.is_empty() { bytes::Bytes::new() } else { bytes::Bytes::copy_from_slice(&parts.read_buf) };
-            (io.into_inner(), prefix)
-        };
-        if prefix.is_empty() && !tls.has_buffered() && !park(&mut tls, &activity, &current, idle_timeout, &mut stop).await {
-            return;
-        }
-        activity.unparked();
+    let h1 = http1_builder(&app.load().config.server);
+    let io = TokioIo::new(WatchedIo::parking(tls, activity.clone()));
+    let mut connection = Box::pin(h1.serve_connection(io, svc).with_upgrades());
+    if !drive(connection.as_mut(), |c| c.graceful_shutdown(), activity, stop, deadlines, true).await {
+        return None;
     }
+    // The session ended cleanly: the client left, the connection was
+    // upgraded (hyper has the stream), or it parked. Everything of hyper's
+    // is dropped here; the bytes it had read and not used go back to the
+    // TLS stream, to be read first by the next session.
+    let parts = Pin::into_inner(connection).into_parts()?;
+    let io = parts.io.into_inner();
+    if !io.is_parked() {
+        return None;
+    }
+    let mut tls = io.into_inner();
+    tls.unread(&parts.read_buf);
+    Some(tls)
 }
 
 /// Waits for the client's next bytes holding only the TLS stream, whose
 /// buffers are freed first. False when the connection is to close instead
 /// (idle past `idle_timeout`, or shutting down), after its close_notify.
-async fn park(
-    tls: &mut crate::tls_stream::TlsStream,
-    activity: &Activity,
-    app: &SharedApp,
-    idle_timeout: Duration,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
+async fn park(tls: &mut crate::tls_stream::TlsStream, hold: &ConnHold, app: &SharedApp, stop: &mut watch::Receiver<bool>) -> bool {
     tls.release_buffers();
     let _parked = app.load().metrics.parked();
-    let wait = idle_timeout.saturating_sub(activity.quiet());
-    let readable = tokio::select! {
-        r = tokio::time::timeout(wait, tls.tcp().readable()) => matches!(r, Ok(Ok(()))),
-        _ = stop.wait_for(|s| *s) => false,
+    // The socket's own readiness rather than `readable()`, whose future
+    // carries a waiter of its own: this wait is what a parked connection
+    // holds for as long as it is parked.
+    let readable = {
+        let mut idle = std::pin::pin!(tokio::time::sleep(hold.idle_timeout.saturating_sub(hold.activity.quiet())));
+        let mut stopping = std::pin::pin!(stop.wait_for(|s| *s));
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = tls.tcp().poll_read_ready(cx) {
+                return Poll::Ready(r.is_ok());
+            }
+            if idle.as_mut().poll(cx).is_ready() || stopping.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            Poll::Pending
+        })
+        .await
     };
     if !readable {
         let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;

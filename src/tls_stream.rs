@@ -121,6 +121,20 @@ impl TlsStream {
         self.plain_pos < self.plain.len()
     }
 
+    /// Puts back decrypted data a reader took and did not use (what hyper
+    /// had read past the end of its session): it is read again first.
+    pub fn unread(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let rest = &self.plain[self.plain_pos..];
+        let mut plain = Vec::with_capacity(data.len() + rest.len());
+        plain.extend_from_slice(data);
+        plain.extend_from_slice(rest);
+        self.plain = plain;
+        self.plain_pos = 0;
+    }
+
     /// Frees the buffers that hold nothing, for a connection about to sit
     /// idle: they are allocated again when traffic resumes.
     pub fn release_buffers(&mut self) {
