@@ -213,13 +213,20 @@ async fn until_closed(s: &mut Tls) -> std::io::Result<Vec<u8>> {
     Ok(rest)
 }
 
+/// A gateway, and an HTTP/1.1 connection to it that has had one request
+/// answered 200.
+async fn served_once() -> (Gateway, Tls) {
+    let gw = Gateway::start("", ROUTES).await;
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    assert_eq!(get(&mut s).await, 200);
+    (gw, s)
+}
+
 /// A TLS 1.3 client may update its traffic keys at any time (and ask the
 /// server to update its own): requests before and after go through.
 #[tokio::test]
 async fn a_key_update_mid_connection_keeps_it_working() {
-    let gw = Gateway::start("", ROUTES).await;
-    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
-    assert_eq!(get(&mut s).await, 200);
+    let (gw, mut s) = served_once().await;
     s.get_mut().1.refresh_traffic_keys().expect("key update");
     assert_eq!(get(&mut s).await, 200);
     s.get_mut().1.refresh_traffic_keys().expect("key update");
@@ -230,9 +237,7 @@ async fn a_key_update_mid_connection_keeps_it_working() {
 /// A client that says close_notify and stops writing sees the server close.
 #[tokio::test]
 async fn close_notify_from_the_client_closes_the_connection() {
-    let gw = Gateway::start("", ROUTES).await;
-    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
-    assert_eq!(get(&mut s).await, 200);
+    let (gw, mut s) = served_once().await;
     s.shutdown().await.expect("close_notify");
     let rest = until_closed(&mut s).await.expect("a clean close");
     assert!(rest.is_empty(), "{rest:?}");
@@ -244,9 +249,7 @@ async fn close_notify_from_the_client_closes_the_connection() {
 /// goes on serving others.
 #[tokio::test]
 async fn a_forged_record_gets_a_fatal_alert_and_a_closed_connection() {
-    let gw = Gateway::start("", ROUTES).await;
-    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
-    assert_eq!(get(&mut s).await, 200);
+    let (gw, mut s) = served_once().await;
     let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x30];
     forged.extend_from_slice(&[0x5a; 0x30]);
     s.get_mut().0.write_all(&forged).await.expect("write");
