@@ -25,6 +25,7 @@ pub mod conn;
 pub mod cookies;
 pub mod cors;
 pub mod error;
+pub mod gate;
 pub mod identity;
 pub mod jwks;
 pub mod jwt;

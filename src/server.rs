@@ -353,6 +353,11 @@ struct Deadlines {
 /// True when it finished cleanly on its own (for HTTP/1: the client left,
 /// the connection was upgraded, or it parked); false when it failed, a
 /// deadline cut it off or shutdown drained it.
+///
+/// The task is woken for every read and write the connection makes, and
+/// most wake-ups are for it alone: the deadlines and the stop signal are
+/// polled only when one of them woke the task (`Gated`), not on each of its
+/// several polls per request.
 async fn drive<C>(
     mut connection: Pin<&mut C>,
     graceful: impl Fn(Pin<&mut C>),
@@ -365,27 +370,33 @@ where
     C: Future<Output = hyper::Result<()>>,
 {
     let finish_gracefully = loop {
-        tokio::select! {
-            biased;
-            r = connection.as_mut() => {
-                return match r {
-                    Ok(()) => true,
-                    Err(error) => {
-                        tracing::debug!(%error, "connection ended with an error");
-                        false
-                    }
-                };
+        let side = async {
+            tokio::select! {
+                expired = activity.clone().watchdog(deadlines.header, deadlines.idle, park) => Some(expired),
+                _ = stop.wait_for(|s| *s) => None,
             }
-            expired = activity.clone().watchdog(deadlines.header, deadlines.idle, park) => {
-                if expired == Expired::Park {
-                    // Polled again at once: hyper's read finds nothing and parks.
-                    activity.park_soon();
-                    continue;
-                }
+        };
+        let mut side = std::pin::pin!(crate::gate::Gated::new(side));
+        let ended = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Ok(r));
+            }
+            side.as_mut().poll(cx).map(Err)
+        })
+        .await;
+        match ended {
+            Ok(Ok(())) => return true,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "connection ended with an error");
+                return false;
+            }
+            // Polled again at once: hyper's read finds nothing and parks.
+            Err(Some(Expired::Park)) => activity.park_soon(),
+            Err(Some(expired)) => {
                 tracing::debug!(?expired, "connection deadline passed");
                 break expired == Expired::Idle;
             }
-            _ = stop.wait_for(|s| *s) => break true,
+            Err(None) => break true,
         }
     };
     if finish_gracefully {

@@ -297,14 +297,36 @@ impl Upstreams {
     }
 
     /// The pool for `authority`, if a route names it (every route's
-    /// upstream has one). A handful of routes: a scan beats a hash.
+    /// upstream has one). A handful of routes: a scan beats a hash. The
+    /// route's own spelling first (a byte comparison); `Authority`'s `==`
+    /// ignores case byte by byte, which costs more than a request's routing.
     pub fn pool(&self, authority: &Authority) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| p.authority == *authority)
+        let exact = self.pools.iter().find(|p| p.authority.as_str() == authority.as_str());
+        exact.or_else(|| self.pools.iter().find(|p| p.authority == *authority))
     }
 
     pub fn sweep(&self) {
         for p in &self.pools {
             p.sweep();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_pool_per_authority_whatever_its_case() {
+        let a: Authority = "Backend.internal:8080".parse().expect("an authority");
+        let b: Authority = "backend.internal:8080".parse().expect("an authority");
+        let c: Authority = "other:80".parse().expect("an authority");
+        let ups = Upstreams::new([&a, &b, &c]);
+        assert_eq!(ups.pools.len(), 2);
+        let pa = ups.pool(&a).expect("a pool for a");
+        let pb = ups.pool(&b).expect("a pool for b, spelled differently");
+        assert!(Arc::ptr_eq(pa, pb));
+        assert_eq!(ups.pool(&c).map(|p| p.authority().as_str()), Some("other:80"));
+        assert!(ups.pool(&"nowhere:1".parse().expect("an authority")).is_none());
     }
 }

@@ -167,3 +167,110 @@ async fn a_dead_upstream_is_502_at_once_and_a_revived_one_is_used_again() {
     assert_eq!(r.text().await.expect("body"), "back");
     gw.stop().await;
 }
+
+/// An upstream that takes its time both ways: it reads each request body
+/// as it trickles in, then answers in chunks 50 ms apart, on one
+/// keep-alive connection. It records each body it got.
+async fn dripping_upstream() -> (String, Arc<AtomicUsize>, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (count, seen) = (Arc::clone(&accepted), Arc::clone(&bodies));
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // The head, then as many body bytes as it announces.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize =
+                        head.lines().find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
+                    seen.lock().expect("lock").push(String::from_utf8_lossy(&body).into_owned());
+                    if tcp.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                    for piece in ["one ", "two ", "three ", "four ", "five"] {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if tcp.write_all(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    if tcp.write_all(b"0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), accepted, bodies)
+}
+
+/// Reads a chunked response to its last chunk and returns its body.
+async fn read_chunked<S: AsyncReadExt + Unpin>(s: &mut S) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !raw.ends_with(b"0\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => raw.extend_from_slice(&buf[..n]),
+            other => panic!("the response stopped before its last chunk ({other:?}): {}", String::from_utf8_lossy(&raw)),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, mut rest) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if n == 0 {
+            break;
+        }
+        body.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    body
+}
+
+#[tokio::test]
+async fn bodies_that_trickle_both_ways_go_through_whole_on_one_connection() {
+    let (url, accepted, bodies) = dripping_upstream().await;
+    let gw = start(&url).await;
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    for i in 0..3 {
+        // The request body in three pieces, 50 ms apart; the response in
+        // five, 50 ms apart. Each piece has to wake the other side.
+        s.write_all(b"POST /drip HTTP/1.1\r\nHost: localhost\r\nContent-Length: 12\r\n\r\nfirst").await.expect("write");
+        for piece in [&b"-mid-"[..], &format!("{i}.").into_bytes()] {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s.write_all(piece).await.expect("write");
+        }
+        let started = std::time::Instant::now();
+        assert_eq!(read_chunked(&mut s).await, "one two three four five");
+        // Five pieces 50 ms apart: 250 ms, and a piece the gateway noticed
+        // late (on some other wake-up than its own) makes it 900 ms.
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(600), "the response took {took:?}: its pieces were not passed on as they came");
+    }
+    assert_eq!(*bodies.lock().expect("lock"), ["first-mid-0.", "first-mid-1.", "first-mid-2."]);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one upstream connection for the three requests");
+    gw.stop().await;
+}
