@@ -420,3 +420,72 @@ impl AsyncWrite for TlsStream {
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A real TLS connection over loopback: the server side on this
+    /// stream, the client on tokio-rustls.
+    async fn pair() -> (TlsStream, tokio_rustls::client::TlsStream<TcpStream>) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a certificate");
+        let cert = ck.cert.der().clone();
+        let key = rustls_pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).expect("a key");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .expect("a server config");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).expect("a root");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let name = rustls_pki_types::ServerName::try_from("localhost").expect("a name");
+            tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp).await.expect("client handshake")
+        };
+        let accept = async {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            accept(tcp, Arc::new(server)).await.expect("server handshake")
+        };
+        tokio::join!(accept, connect)
+    }
+
+    #[tokio::test]
+    async fn unread_data_is_read_again_first_and_before_what_was_left() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"hello world").await.expect("write");
+        let mut head = [0u8; 5];
+        server.read_exact(&mut head).await.expect("read");
+        assert_eq!(&head, b"hello");
+        // Put back more than was taken, as a session that parked would:
+        // it comes first, then the rest of what was decrypted.
+        server.unread(b"GET ");
+        server.unread(b"");
+        assert!(server.has_buffered());
+        let mut all = [0u8; 10];
+        server.read_exact(&mut all).await.expect("read");
+        assert_eq!(&all, b"GET  world");
+        assert!(!server.has_buffered());
+        // And after the buffers were released, as a parked connection's are.
+        server.release_buffers();
+        server.unread(b"again");
+        let mut again = [0u8; 5];
+        server.read_exact(&mut again).await.expect("read");
+        assert_eq!(&again, b"again");
+        // The stream goes on as before.
+        client.write_all(b"next").await.expect("write");
+        let mut next = [0u8; 4];
+        server.read_exact(&mut next).await.expect("read");
+        assert_eq!(&next, b"next");
+    }
+}
