@@ -376,12 +376,13 @@ where
                 _ = stop.wait_for(|s| *s) => None,
             }
         };
-        let mut side = std::pin::pin!(crate::gate::Gated::new(side));
+        // Unpin: it keeps the future it guards on the heap.
+        let mut side = crate::gate::Gated::new(side);
         let ended = std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = connection.as_mut().poll(cx) {
                 return Poll::Ready(Ok(r));
             }
-            side.as_mut().poll(cx).map(Err)
+            Pin::new(&mut side).poll(cx).map(Err)
         })
         .await;
         match ended {
