@@ -66,10 +66,16 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Is this an HTTP/1.1 upgrade request (WebSocket)?
+/// Is this an HTTP/1.1 WebSocket upgrade request? WebSocket is the one
+/// protocol passed through: after a switch authgate only copies bytes, so
+/// a protocol that carries requests of its own (`h2c`, say) would take
+/// every later request on the connection past authentication and identity
+/// stripping. Any other `Upgrade` is dropped as hop-by-hop, and the
+/// upstream gets a plain request (a 101 to that is a 502).
 pub fn wants_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().get_all(header::UPGRADE).iter().count() == 1
+        && req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
         && req
             .headers()
             .get_all(header::CONNECTION)

@@ -186,6 +186,44 @@ async fn websocket_upgrade_without_a_token_is_401() {
     gw.stop().await;
 }
 
+/// Only WebSocket is tunnelled. An `h2c` upgrade that an upstream accepted
+/// would turn the connection into a raw tunnel, and every later request on
+/// it would reach the upstream unauthenticated, spoofed identity headers
+/// and all. Here the upstream answers 101 to anything on `/ws`.
+#[tokio::test]
+async fn an_upgrade_to_anything_but_websocket_is_never_tunnelled() {
+    let up = Upstream::start().await;
+    let gw =
+        Gateway::start("", &format!("{}{}", route_to(&up, "public").replace("path = \"/\"", "path = \"/ws\""), route_to(&up, "required")))
+            .await;
+    for upgrade in ["h2c", "websocket, h2c", "h2c, websocket", "TLS/1.2"] {
+        let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: {upgrade}\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 502"), "Upgrade: {upgrade}: {head}");
+        let seen = up.last();
+        assert!(seen.headers.get("upgrade").is_none(), "Upgrade: {upgrade} reached the upstream: {:?}", seen.headers);
+        assert!(seen.headers.get("http2-settings").is_none());
+        // The connection is still HTTP and still checked: a spoofed
+        // identity without a token is refused, not passed through.
+        s.write_all(
+            b"GET /admin HTTP/1.1\r\nHost: localhost\r\nX-Auth-Subject: mallory\r\nX-Auth-Roles: admin\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(rest.contains("HTTP/1.1 401"), "Upgrade: {upgrade}: {rest}");
+    }
+    assert!(up.hits() >= 4);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn closed_upstream_port_is_502() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
