@@ -707,6 +707,21 @@ impl Validator<'_> {
     }
 
     fn identity(&self, i: RawIdentity) -> R<IdentityConfig> {
+        /// Headers that mean something else to the upstream, or that
+        /// authgate sets itself: never an identity header.
+        static NOT_IDENTITY_HEADERS: [HeaderName; 11] = [
+            http::header::AUTHORIZATION,
+            http::header::HOST,
+            http::header::COOKIE,
+            http::header::CONTENT_LENGTH,
+            http::header::CONTENT_TYPE,
+            http::header::CONTENT_ENCODING,
+            http::header::EXPECT,
+            http::header::FORWARDED,
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderName::from_static("x-forwarded-host"),
+        ];
         let subject_header = self.header("identity.subject_header", &i.subject_header)?;
         let claim_headers = i
             .claim_headers
@@ -721,10 +736,17 @@ impl Validator<'_> {
             }
             strip_prefixes.push(p.to_ascii_lowercase());
         }
-        let all = std::iter::once(&subject_header).chain(claim_headers.iter().map(|(_, h)| h)).chain(assertion_header.as_ref());
-        for h in all {
-            if crate::proxy::is_hop_by_hop(h) || h == http::header::AUTHORIZATION || h == http::header::HOST || h == http::header::COOKIE {
-                return Err(self.err("identity", format!("{h} cannot be an identity header")));
+        // Each identity header names one thing: two keys on one header
+        // would let a claim stand in for the subject, say.
+        let mut named: Vec<(String, &HeaderName)> = vec![("identity.subject_header".into(), &subject_header)];
+        named.extend(claim_headers.iter().map(|(c, h)| (format!("identity.claim_headers.{c}"), h)));
+        named.extend(assertion_header.as_ref().map(|h| ("identity.assertion_header".to_string(), h)));
+        for (i, (key, h)) in named.iter().enumerate() {
+            if crate::proxy::is_hop_by_hop(h) || NOT_IDENTITY_HEADERS.contains(h) {
+                return Err(self.err(key, format!("{h} cannot be an identity header")));
+            }
+            if let Some((first, _)) = named[..i].iter().find(|(_, earlier)| earlier == h) {
+                return Err(self.err(key, format!("{h} is already {first}: each identity header carries one value")));
             }
         }
         Ok(IdentityConfig {

@@ -16,11 +16,29 @@ const REGISTERED: [&str; 7] = ["sub", "iss", "aud", "iat", "exp", "nbf", "jti"];
 
 pub struct IdentityRules {
     config: IdentityConfig,
+    /// The identity headers' names and the stripped prefixes, lower case,
+    /// with `_` written as `-`.
+    names: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+/// `name` with `_` as `-`: CGI, WSGI, PHP and the like turn both
+/// `X-Auth-Subject` and `X_Auth_Subject` into `HTTP_X_AUTH_SUBJECT`, so a
+/// client must not get either past authgate.
+fn dashed(name: &str) -> String {
+    name.replace('_', "-")
 }
 
 impl IdentityRules {
     pub fn new(config: IdentityConfig) -> IdentityRules {
-        IdentityRules { config }
+        let c = &config;
+        let names = std::iter::once(&c.subject_header)
+            .chain(c.claim_headers.iter().map(|(_, h)| h))
+            .chain(c.assertion_header.as_ref())
+            .map(|h| dashed(h.as_str()))
+            .collect();
+        let prefixes = c.strip_prefixes.iter().map(|p| dashed(p)).collect();
+        IdentityRules { config, names, prefixes }
     }
 
     pub fn config(&self) -> &IdentityConfig {
@@ -28,11 +46,15 @@ impl IdentityRules {
     }
 
     fn is_identity_header(&self, name: &HeaderName) -> bool {
-        let c = &self.config;
-        *name == c.subject_header
-            || c.claim_headers.iter().any(|(_, h)| h == name)
-            || c.assertion_header.as_ref() == Some(name)
-            || c.strip_prefixes.iter().any(|p| name.as_str().starts_with(p.as_str()))
+        let name = name.as_str();
+        if name.contains('_') {
+            return self.is_identity_name(&dashed(name));
+        }
+        self.is_identity_name(name)
+    }
+
+    fn is_identity_name(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name) || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
     }
 
     /// Removes every identity header the client sent. Header names are

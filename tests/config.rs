@@ -84,6 +84,31 @@ fn bad_upstream_names_the_route_index() {
     assert_config_error(&check(dir.path(), &text, &[]), dir.path(), "routes[1].upstream");
 }
 
+/// One header, one meaning: a claim on the subject's header would make
+/// `X-Auth-Subject` carry whatever that claim says. And a header that
+/// frames the message, or that authgate sets itself, is never one.
+#[test]
+fn identity_headers_are_distinct_and_never_a_framing_or_forwarding_header() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "claim_headers = { roles = \"X-Auth-Roles\", nick = \"x-auth-subject\" }",
+            "identity.claim_headers.nick",
+            "already identity.subject_header",
+        ),
+        ("subject_header = \"X-Auth-Roles\"\nclaim_headers = { roles = \"X-Auth-Roles\" }", "identity.claim_headers.roles", "already"),
+        ("claim_headers = { a = \"X-A\", b = \"X-A\" }", "identity.claim_headers.b", "already identity.claim_headers.a"),
+        ("claim_headers = { size = \"Content-Length\" }", "identity.claim_headers.size", "cannot be an identity header"),
+        ("subject_header = \"Transfer-Encoding\"", "identity.subject_header", "cannot be an identity header"),
+        ("subject_header = \"X-Forwarded-For\"", "identity.subject_header", "cannot be an identity header"),
+    ];
+    for (identity, key, why) in cases {
+        let text = config_text(dir.path(), &format!("[identity]\n{identity}\n"), ROUTES);
+        let line = assert_config_error(&check(dir.path(), &text, &[]), dir.path(), key);
+        assert!(line.contains(why), "{identity}: {line}");
+    }
+}
+
 fn hs_config(dir: &Path, var: &str) -> String {
     config_text(dir, &format!("[jwt]\nalgorithm = \"HS256\"\nsecret_env = \"{var}\"\nissuer = \"authgate\"\naudience = \"api\"\n"), ROUTES)
 }
