@@ -51,7 +51,13 @@ fn err(config: &Config, key: &str, message: impl Into<String>) -> ConfigError {
 /// the external issuers (their JWKS files are read now; URLs are fetched
 /// once the gateway runs).
 pub fn load(config: &Config) -> Result<KeySet, ConfigError> {
-    let mut keys = load_own(config)?;
+    load_with(config, true)
+}
+
+/// `load`; with `generate` false a signing key that would be generated is
+/// left out instead (`authgate check` writes nothing).
+pub fn load_with(config: &Config, generate: bool) -> Result<KeySet, ConfigError> {
+    let mut keys = load_own(config, generate)?;
     for (i, iss) in config.jwt.issuers.iter().enumerate() {
         let issuer = crate::jwks::Issuer::new(iss.clone()).map_err(|m| err(config, &format!("jwt.issuers[{i}].ca_file"), m))?;
         keys.external.push(std::sync::Arc::new(issuer));
@@ -59,7 +65,7 @@ pub fn load(config: &Config) -> Result<KeySet, ConfigError> {
     Ok(keys)
 }
 
-fn load_own(config: &Config) -> Result<KeySet, ConfigError> {
+fn load_own(config: &Config, generate: bool) -> Result<KeySet, ConfigError> {
     let jwt = &config.jwt;
     let alg = jwt.algorithm;
     if key_source(alg) == KeySource::Secret {
@@ -77,7 +83,7 @@ fn load_own(config: &Config) -> Result<KeySet, ConfigError> {
 
     let mut verify = Vec::new();
     let mut sign = None;
-    if let Some(path) = &jwt.private_key {
+    if let Some(path) = jwt.private_key.as_ref().filter(|p| generate || p.exists() || !jwt.generate_signing_key) {
         if !path.exists() && jwt.generate_signing_key {
             match generate_private_key(alg, path) {
                 Ok(()) => {

@@ -80,14 +80,7 @@ pub fn build_app_with(config: config::Config, carried: Option<Carried>) -> anyho
             for sub in store::sync_users(store.as_ref(), &users, jwt::now_secs() + 1)? {
                 tracing::warn!(%sub, "user changed, disabled or removed in the users file: their tokens are revoked");
             }
-            if users.get(users::DEMO_USERNAME).is_some_and(|u| !u.disabled) && !config.server.listen.ip().is_loopback() {
-                tracing::warn!(
-                    user = users::DEMO_USERNAME,
-                    listen = %config.server.listen,
-                    "THE DEMO USER IS ENABLED ON A NON-LOOPBACK LISTENER: anyone who reads the README can log in. Remove it from {}",
-                    l.users_file.display()
-                );
-            }
+            warn_demo_user(&config, l, &users);
             Some(login::Login::new(l.clone(), users))
         }
         None => None,
@@ -100,6 +93,52 @@ pub fn build_app_with(config: config::Config, carried: Option<Carried>) -> anyho
     app.login = login;
     app.revocation_cursor = std::sync::Mutex::new(cursor);
     Ok(app)
+}
+
+fn warn_demo_user(config: &config::Config, l: &config::LoginConfig, users: &users::Users) {
+    if users.get(users::DEMO_USERNAME).is_some_and(|u| !u.disabled) && !config.server.listen.ip().is_loopback() {
+        tracing::warn!(
+            user = users::DEMO_USERNAME,
+            listen = %config.server.listen,
+            "THE DEMO USER IS ENABLED ON A NON-LOOPBACK LISTENER: anyone who reads the README can log in. Remove it from {}",
+            l.users_file.display()
+        );
+    }
+}
+
+/// `authgate check`: everything the gateway would load, validated, and
+/// the summary to print, with nothing written and no state changed. No
+/// signing key or certificate is generated (the summary says which would
+/// be), and the store is not opened: a users file checked before it is
+/// deployed revokes nobody's tokens.
+pub fn check(config: config::Config) -> anyhow::Result<String> {
+    let keys = keys::load_with(&config, false)?;
+    let generate_key = config.jwt.generate_signing_key && config.jwt.private_key.as_ref().is_some_and(|p| !p.exists());
+    let generate_cert = tls::will_generate(&config);
+    if !generate_cert {
+        tls::server_config(&config)?;
+    }
+    let login = match &config.login {
+        Some(l) => {
+            let users = users::load(&l.users_file)?;
+            warn_demo_user(&config, l, &users);
+            Some(login::Login::new(l.clone(), users))
+        }
+        None => None,
+    };
+    let mut app = app::App::new(config, keys, Arc::new(revocation::Denylist::default()));
+    app.login = login;
+    let mut s = summary(&app);
+    if let Some(path) = app.config.jwt.private_key.as_ref().filter(|_| generate_key) {
+        s.push_str(&format!("note: {} does not exist yet; the gateway generates it at start (jwt.generate_signing_key)\n", path.display()));
+    }
+    if generate_cert {
+        s.push_str(&format!(
+            "note: {} does not exist yet; the gateway generates a self-signed certificate at start (tls.generate_self_signed)\n",
+            app.config.tls.cert.display()
+        ));
+    }
+    Ok(s)
 }
 
 /// One startup line per listener and route.

@@ -93,9 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check => {
             let config = config::load(&path)?;
             init_tracing(LogFormat::Text, false);
-            let app = authgate::build_app(config)?;
-            authgate::tls::server_config(&app.config)?;
-            print!("{}", authgate::summary(&app));
+            print!("{}", authgate::check(config)?);
             Ok(())
         }
         Command::HashPassword => {

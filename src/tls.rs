@@ -18,11 +18,17 @@ fn err(config: &Config, key: &str, message: impl Into<String>) -> ConfigError {
 /// start with a dev config, when the startup banner adds a "try it" hint.
 pub static FIRST_START: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// The development certificate is missing and will be generated at start.
+pub fn will_generate(config: &Config) -> bool {
+    let tls = &config.tls;
+    tls.generate_self_signed && !tls.cert.exists() && !tls.key.exists()
+}
+
 /// Builds the listener's TLS config, generating a dev certificate first when
 /// `tls.generate_self_signed` is set and the files are missing.
 pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, ConfigError> {
     let tls = &config.tls;
-    if tls.generate_self_signed && !tls.cert.exists() && !tls.key.exists() {
+    if will_generate(config) {
         generate_self_signed(&tls.cert, &tls.key, &["localhost".into(), "127.0.0.1".into(), "::1".into()])
             .map_err(|m| err(config, "tls.cert", format!("cannot generate a self-signed certificate: {m}")))?;
         tracing::warn!(cert = %tls.cert.display(), "generated a self-signed certificate for localhost (tls.generate_self_signed = true); clients will not trust it");

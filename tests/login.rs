@@ -493,3 +493,48 @@ fn a_bad_users_file_is_a_config_error_naming_the_file_and_key() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("redis is unreachable") && !stderr.contains("panicked"), "{stderr}");
 }
+
+/// `authgate check` writes nothing and changes no state. On a fresh
+/// directory it generates no signing key, certificate or store file (it
+/// says which the gateway would generate). Pointed at a running gateway's
+/// store with a changed users file, as an operator checks a file before
+/// deploying it, it revokes nobody: the gateway's tokens keep working.
+#[tokio::test]
+async fn check_writes_nothing_and_revokes_nobody() {
+    let store = "kind = \"embedded\"\npath = \"data/authgate.db\"";
+    let fresh = tempfile::tempdir().expect("tempdir");
+    std::fs::write(fresh.path().join("users.toml"), alice_and_bob()).expect("users");
+    std::fs::write(fresh.path().join("config.toml"), login_config(fresh.path(), GENEROUS, store)).expect("config");
+    let before = std::fs::read_dir(fresh.path()).expect("dir").count();
+    let out = std::process::Command::new(bin())
+        .args(["check", "--config", &fresh.path().join("config.toml").display().to_string()])
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("is valid") && stdout.contains("jwt.generate_signing_key") && stdout.contains("tls.generate_self_signed"),
+        "{stdout}"
+    );
+    let after: Vec<_> = std::fs::read_dir(fresh.path()).expect("dir").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert_eq!(after.len(), before, "check wrote files: {after:?}");
+
+    let gw = start(&alice_and_bob(), GENEROUS, store).await;
+    let (access, refresh_token) = tokens(&gw, "alice", "pw-alice").await;
+    assert_eq!(call(&gw, &access).await, 200);
+    // The staged users file: alice has a new password, bob is gone.
+    let staged = gw.dir.path().join("staged-users.toml");
+    std::fs::write(&staged, user("alice", &quick_hash("new-pw"), "")).expect("staged users");
+    let text = std::fs::read_to_string(gw.dir.path().join("config.toml")).expect("config");
+    let staged_config = gw.dir.path().join("staged.toml");
+    std::fs::write(&staged_config, text.replace("users_file = \"users.toml\"", "users_file = \"staged-users.toml\""))
+        .expect("staged config");
+    let out =
+        std::process::Command::new(bin()).args(["check", "--config", &staged_config.display().to_string()]).output().expect("run check");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // The gateway reads revocations from its store every second or so.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(call(&gw, &access).await, 200, "check revoked a live token");
+    assert_eq!(refresh(&gw, &refresh_token).await.status(), 200, "check revoked a live refresh token");
+    gw.stop().await;
+}
