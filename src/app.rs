@@ -354,7 +354,10 @@ impl App {
         let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
             + uri.authority().map_or(0, |a| a.as_str().len())
             + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
-        let size: usize = target + req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+        // The head as HTTP/1.1 writes it: `METHOD target HTTP/1.1\r\n`,
+        // `name: value\r\n` per field and the blank line that ends it.
+        let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+        let size: usize = line + req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + 2;
         if size > s.max_header_bytes {
             return Err(GatewayError::HeaderTooLarge);
         }

@@ -308,6 +308,16 @@ async fn head_over_max_header_bytes_is_431() {
     let r = gw.client.get(gw.url("/x")).header("x-big", "a".repeat(8 * 1024)).send().await.expect("send");
     assert_eq!(r.status(), 200);
     assert_eq!(up.hits(), 1);
+    // To the byte: a head of exactly 16,384 bytes, request line and blank
+    // line included, passes; one byte more is 431.
+    for (extra, status) in [(0, 200), (1, 431)] {
+        let start = "GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Fill: ";
+        let fill = 16_384 - start.len() - "\r\n\r\n".len() + extra;
+        let head = format!("{start}{}\r\n\r\n", "f".repeat(fill));
+        assert_eq!(head.len(), 16_384 + extra);
+        let resp = raw_request(&gw, head.as_bytes(), Duration::from_secs(10)).await;
+        assert_eq!(status_of(&resp), status, "a head of {} bytes", head.len());
+    }
     gw.stop().await;
 }
 
