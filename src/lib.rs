@@ -109,10 +109,16 @@ fn warn_demo_user(config: &config::Config, l: &config::LoginConfig, users: &user
 /// `authgate check`: everything the gateway would load, validated, and
 /// the summary to print, with nothing written and no state changed. No
 /// signing key or certificate is generated (the summary says which would
-/// be), and the store is not opened: a users file checked before it is
-/// deployed revokes nobody's tokens.
+/// be), and the users file is not synced into the store: a users file
+/// checked before it is deployed revokes nobody's tokens. A Redis store
+/// is connected to, and an embedded one opened if it exists, to show they
+/// work; a missing embedded store is left for the gateway to create.
 pub fn check(config: config::Config) -> anyhow::Result<String> {
     let keys = keys::load_with(&config, false)?;
+    let new_store = config.store.kind == config::StoreKind::Embedded && !config.store.path.exists();
+    if config.store.kind != config::StoreKind::Memory && !new_store {
+        store::open(&config)?.ping()?;
+    }
     let generate_key = config.jwt.generate_signing_key && config.jwt.private_key.as_ref().is_some_and(|p| !p.exists());
     let generate_cert = tls::will_generate(&config);
     if !generate_cert {
@@ -131,6 +137,12 @@ pub fn check(config: config::Config) -> anyhow::Result<String> {
     let mut s = summary(&app);
     if let Some(path) = app.config.jwt.private_key.as_ref().filter(|_| generate_key) {
         s.push_str(&format!("note: {} does not exist yet; the gateway generates it at start (jwt.generate_signing_key)\n", path.display()));
+    }
+    if new_store {
+        s.push_str(&format!(
+            "note: {} does not exist yet; the gateway creates it at start (store.path)\n",
+            app.config.store.path.display()
+        ));
     }
     if generate_cert {
         s.push_str(&format!(
@@ -222,6 +234,25 @@ pub fn summary(app: &app::App) -> String {
 
 /// `authgate revoke --sub S`: writes a cut-off for S to the store, which a
 /// running gateway reads within `store::SYNC_EVERY`; S's refresh families end.
+/// `sub`'s revoke-all cut-off in a persistent store, for `authgate token`:
+/// a token minted in the second of an `authgate revoke` is issued at the
+/// cut-off, not before it, as `{login.path}` does. 0 with the `memory`
+/// store. A store that cannot be read is reported and skipped: the token
+/// may then be refused, never wrongly accepted.
+pub fn subject_cutoff_cli(config: &config::Config, sub: &str) -> u64 {
+    if config.store.kind == config::StoreKind::Memory {
+        return 0;
+    }
+    let read = || -> anyhow::Result<Option<u64>> { Ok(store::open(config)?.subject_cutoff(sub)?) };
+    match read() {
+        Ok(cutoff) => cutoff.unwrap_or(0),
+        Err(e) => {
+            eprintln!("authgate: warning: cannot read {sub:?}'s revocations from the store ({e:#}); minting without them");
+            0
+        }
+    }
+}
+
 pub fn revoke_subject_cli(config: &config::Config, sub: &str) -> anyhow::Result<()> {
     if config.store.kind == config::StoreKind::Memory {
         return Err(config::ConfigError {

@@ -38,6 +38,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Claims `authgate token` sets itself; `--claim` cannot override them.
+const REGISTERED_CLAIMS: [&str; 7] = ["sub", "iss", "aud", "iat", "nbf", "exp", "jti"];
+
 /// rustls warns on every handshake whose SNI is an IP address (clients that
 /// connect to https://127.0.0.1), which would flood the log.
 const DEFAULT_LOG: &str = "info,rustls=error";
@@ -110,13 +113,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut extra = serde_json::Map::new();
             for c in claims {
                 let (k, v) = c.split_once('=').ok_or_else(|| anyhow::anyhow!("--claim {c:?}: expected key=value"))?;
+                if REGISTERED_CLAIMS.contains(&k) {
+                    anyhow::bail!("--claim {k}: set by authgate itself (use --sub and --ttl)");
+                }
                 let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
                 extra.insert(k.to_string(), value);
             }
             let keys = authgate::keys::load(&config)?;
             let signer = authgate::jwt::Signer::new(&keys, config.jwt.issuer.clone(), config.jwt.audience.clone())
                 .ok_or_else(|| anyhow::anyhow!("{}: jwt: this config has no signing key (only jwt.public_key)", path.display()))?;
-            println!("{}", signer.sign(&sub, &extra, ttl)?.token);
+            let min_iat = authgate::subject_cutoff_cli(&config, &sub);
+            println!("{}", signer.sign_issued_at(&sub, &extra, ttl, min_iat)?.token);
             Ok(())
         }
         Command::GenCert { out, hosts } => {

@@ -222,6 +222,13 @@ fn hs256_token_is_minted_from_the_env_secret() {
         jsonwebtoken::decode::<serde_json::Value>(&token, &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()).expect("key"), &v)
             .expect("verifies with the env secret");
     assert_eq!(data.claims["sub"], "alice");
+    // A registered claim cannot be set with --claim: refused, not ignored.
+    for claim in ["sub=mallory", "exp=1", "iss=elsewhere"] {
+        let out = run(&["token", "--sub", "alice", "--claim", claim, "--config", file.to_str().expect("utf-8")], &[(var, secret)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--claim {claim}: {stderr}");
+        assert!(stderr.contains("set by authgate itself") && out.stdout.is_empty(), "--claim {claim}: {stderr}");
+    }
 }
 
 #[test]

@@ -341,13 +341,21 @@ async fn cli_revoke_reaches_a_running_gateway_and_login_works_right_after() {
         .expect("run authgate revoke");
     assert!(out.status.success(), "authgate revoke failed: {}", String::from_utf8_lossy(&out.stderr));
     // Logging in again at once, in the cut-off's second, gives a token that
-    // is not caught by the cut-off.
+    // is not caught by the cut-off; so does `authgate token`.
     let (fresh, _) = tokens(&gw, "alice", "pw-alice").await;
+    let minted = std::process::Command::new(bin())
+        .args(["token", "--sub", "alice", "--config"])
+        .arg(gw.dir.path().join("config.toml"))
+        .output()
+        .expect("run authgate token");
+    assert!(minted.status.success(), "authgate token failed: {}", String::from_utf8_lossy(&minted.stderr));
+    let minted = String::from_utf8_lossy(&minted.stdout).trim().to_string();
 
     eventually(Duration::from_secs(5), "the gateway refuses the revoked token", async || call(&gw, &access).await == 401).await;
     assert_oauth_error(refresh(&gw, &refresh_token).await, 400, "invalid_grant").await;
     assert_eq!(call(&gw, &bob).await, 200, "other subjects are untouched");
     assert_eq!(call(&gw, &fresh).await, 200, "a login right after the revocation must work");
+    assert_eq!(call(&gw, &minted).await, 200, "a token minted right after the revocation must work");
     gw.stop().await;
 }
 
