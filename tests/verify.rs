@@ -327,6 +327,10 @@ async fn expiry_and_not_before_honour_the_leeway() {
     assert_refused(&gw, &up, &with(json!({ "nbf": now() + 3600 })), Some("the token is not valid yet")).await;
     assert_passes(&gw, &up, &with(json!({ "exp": now() - 2 })), "alice").await;
     assert_passes(&gw, &up, &with(json!({ "nbf": now() + 2 })), "alice").await;
+    // Issued an hour from now: it would outlive a revoke-all cut-off made
+    // before then. Within the leeway it passes.
+    assert_refused(&gw, &up, &with(json!({ "iat": now() + 3600 })), Some("the token is not valid yet")).await;
+    assert_passes(&gw, &up, &with(json!({ "iat": now() + 3 })), "alice").await;
     gw.stop().await;
 }
 
