@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -170,6 +171,35 @@ pub struct TimedBody {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     timeout: Duration,
     per_byte: Duration,
+    /// Told of every piece that goes upstream; None without a body.
+    moved: Option<Moved>,
+}
+
+/// When the request body last moved toward the upstream. `upstream_timeout`
+/// counts from then: an upload that takes longer than it, but keeps
+/// moving, is not the upstream being late (the body has limits of its own,
+/// `body_timeout` and `body_min_rate`); an upstream that stops reading it
+/// is, once `upstream_timeout` has passed without a byte going through.
+#[derive(Clone)]
+pub struct Moved {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start`.
+    last: Arc<AtomicU64>,
+}
+
+impl Moved {
+    fn new() -> Moved {
+        Moved { start: tokio::time::Instant::now(), last: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn now(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
 }
 
 /// The request body did not arrive in time (`server.body_timeout`).
@@ -181,7 +211,8 @@ impl TimedBody {
     pub fn new(inner: Incoming, s: &crate::config::ServerConfig) -> TimedBody {
         let per_byte =
             if s.body_min_rate == 0 { Duration::ZERO } else { Duration::from_secs(1) / u32::try_from(s.body_min_rate).unwrap_or(u32::MAX) };
-        TimedBody { inner, deadline: None, timeout: s.body_timeout, per_byte }
+        let moved = (!http_body::Body::is_end_stream(&inner)).then(Moved::new);
+        TimedBody { inner, deadline: None, timeout: s.body_timeout, per_byte, moved }
     }
 }
 
@@ -199,6 +230,9 @@ impl http_body::Body for TimedBody {
                     let more = this.per_byte.saturating_mul(u32::try_from(data.len()).unwrap_or(u32::MAX));
                     let later = deadline.deadline() + more;
                     deadline.as_mut().reset(later);
+                }
+                if let Some(m) = &this.moved {
+                    m.now();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -231,8 +265,9 @@ pub async fn forward(
     let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let hold = req.extensions_mut().remove::<crate::conn::ConnHold>();
     let req = req.map(|b| TimedBody::new(b, s));
+    let moved = req.body().moved.clone();
     let Some(client_upgrade) = client_upgrade else {
-        let resp = head_within(s, pool.send(req)).await?;
+        let resp = head_within(s, pool.send(req), moved.as_ref()).await?;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(GatewayError::BadGateway("upstream switched protocols unasked".into()));
         }
@@ -240,7 +275,7 @@ pub async fn forward(
         response_headers(&mut parts.headers);
         return Ok(Response::from_parts(parts, body.boxed()));
     };
-    let mut resp = head_within(s, upstream::send_upgrade(pool.authority(), req)).await?;
+    let mut resp = head_within(s, upstream::send_upgrade(pool.authority(), req), moved.as_ref()).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
@@ -273,11 +308,24 @@ pub async fn forward(
 
 /// The response head within `upstream_timeout`, failures sorted into the
 /// client's (400, 408) and the upstream's (502), a timeout 504.
-async fn head_within<T>(s: &crate::config::ServerConfig, sent: impl Future<Output = Result<T, SendError>>) -> Result<T, GatewayError> {
-    match tokio::time::timeout(s.upstream_timeout, sent).await {
-        Err(_) => Err(GatewayError::GatewayTimeout),
-        Ok(Err(e)) => Err(request_error(&e)),
-        Ok(Ok(r)) => Ok(r),
+/// With a request body, `upstream_timeout` counts from the last piece of
+/// it that went upstream (see `Moved`).
+async fn head_within<T>(
+    s: &crate::config::ServerConfig,
+    sent: impl Future<Output = Result<T, SendError>>,
+    moved: Option<&Moved>,
+) -> Result<T, GatewayError> {
+    let mut sent = std::pin::pin!(sent);
+    let mut deadline = tokio::time::Instant::now() + s.upstream_timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, sent.as_mut()).await {
+            Ok(Err(e)) => return Err(request_error(&e)),
+            Ok(Ok(r)) => return Ok(r),
+            Err(_) => match moved.map(|m| m.last() + s.upstream_timeout) {
+                Some(later) if later > deadline => deadline = later,
+                _ => return Err(GatewayError::GatewayTimeout),
+            },
+        }
     }
 }
 

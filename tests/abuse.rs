@@ -55,8 +55,12 @@ const MAX_GROWTH_MB: u64 = 100;
 
 /// A gateway in front of `up` with these `[server]` settings replacing the harness's.
 async fn gateway(up: &Upstream, server: &str) -> Gateway {
+    gateway_to(&up.url(), server).await
+}
+
+async fn gateway_to(upstream: &str, server: &str) -> Gateway {
     let dir = tempfile::tempdir().expect("tempdir");
-    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"{}\"\nauth = \"public\"\n", up.url());
+    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"{upstream}\"\nauth = \"public\"\n");
     let text = config_text(dir.path(), "", &routes).replace("upstream_timeout = \"2s\"", server);
     Gateway::start_in(dir, &text).await
 }
@@ -137,6 +141,61 @@ async fn a_slow_but_steady_body_above_the_minimum_rate_goes_through() {
     assert!(t.elapsed() > Duration::from_secs(2), "the body was not slow");
     assert_eq!(status_of(&answer), 200, "{answer}");
     assert_eq!(up.last().body_len, 6144);
+    gw.stop().await;
+}
+
+/// `upstream_timeout` is for an upstream that is late, not for an upload
+/// that takes a while: it counts from the last piece of the body that went
+/// upstream. A 3 s upload with a 1 s `upstream_timeout` gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_longer_than_upstream_timeout_is_answered_while_it_moves() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "upstream_timeout = \"1s\"\nbody_timeout = \"1s\"\nbody_min_rate = 500").await;
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 6144\r\n\r\n").await.expect("head");
+    let t = Instant::now();
+    for _ in 0..12 {
+        s.write_all(&[b'u'; 512]).await.expect("body");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let answer = read_until(&mut s, "body_len=6144", Duration::from_secs(10)).await;
+    assert!(t.elapsed() > Duration::from_millis(2500), "the upload was not slow");
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    gw.stop().await;
+}
+
+/// An upstream that stops reading the request body is late: 504 once
+/// `upstream_timeout` has passed with no byte going through, even though
+/// the client would keep sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stops_reading_the_body_is_504_after_upstream_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // Accepts and holds connections, never reading a byte.
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let gw = gateway_to(&format!("http://{addr}"), "upstream_timeout = \"1s\"\nbody_timeout = \"1s\"\nbody_min_rate = 500").await;
+    let s = raw_tls(&gw, &[b"http/1.1"]).await;
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let t = Instant::now();
+    let send = tokio::spawn(async move {
+        let _ = wr.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 67108864\r\n\r\n").await;
+        let chunk = vec![b'b'; 64 * 1024];
+        for _ in 0..1024 {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let answer = read_until(&mut rd, "\r\n\r\n", Duration::from_secs(15)).await;
+    assert_eq!(status_of(&answer), 504, "{answer}");
+    assert!(t.elapsed() < Duration::from_secs(8), "504 only after {:?}", t.elapsed());
+    send.abort();
+    hold.abort();
     gw.stop().await;
 }
 
