@@ -232,8 +232,6 @@ pub fn summary(app: &app::App) -> String {
     s
 }
 
-/// `authgate revoke --sub S`: writes a cut-off for S to the store, which a
-/// running gateway reads within `store::SYNC_EVERY`; S's refresh families end.
 /// `sub`'s revoke-all cut-off in a persistent store, for `authgate token`:
 /// a token minted in the second of an `authgate revoke` is issued at the
 /// cut-off, not before it, as `{login.path}` does. 0 with the `memory`
@@ -253,6 +251,8 @@ pub fn subject_cutoff_cli(config: &config::Config, sub: &str) -> u64 {
     }
 }
 
+/// `authgate revoke --sub S`: writes a cut-off for S to the store, which a
+/// running gateway reads within `store::SYNC_EVERY`; S's refresh families end.
 pub fn revoke_subject_cli(config: &config::Config, sub: &str) -> anyhow::Result<()> {
     if config.store.kind == config::StoreKind::Memory {
         return Err(config::ConfigError {
