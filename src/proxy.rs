@@ -75,14 +75,20 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// upstream gets a plain request (a 101 to that is a 502).
 pub fn wants_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().get_all(header::UPGRADE).iter().count() == 1
-        && req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        && is_websocket(req.headers())
         && req
             .headers()
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Exactly one `Upgrade`, and it says `websocket` (any case): in the
+/// request, and in the upstream's 101, which must switch to what was asked.
+fn is_websocket(headers: &HeaderMap) -> bool {
+    let mut up = headers.get_all(header::UPGRADE).iter();
+    matches!((up.next(), up.next()), (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// Facts about the client that go into X-Forwarded-* headers.
@@ -276,6 +282,9 @@ pub async fn forward(
         return Ok(Response::from_parts(parts, body.boxed()));
     };
     let mut resp = head_within(s, upstream::send_upgrade(pool.authority(), req), moved.as_ref()).await?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !is_websocket(resp.headers()) {
+        return Err(GatewayError::BadGateway("upstream switched to a protocol other than the WebSocket asked for".into()));
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {

@@ -338,3 +338,42 @@ async fn a_switch_of_protocols_nobody_asked_for_is_502() {
     check_next_requests(&gw, 2).await;
     gw.stop().await;
 }
+
+/// A WebSocket upgrade the upstream answers with a switch to something
+/// else (h2c, say): 502, never a tunnel. A raw tunnel to h2c would carry
+/// later requests past authentication.
+#[tokio::test]
+async fn a_switch_to_another_protocol_than_websocket_is_502() {
+    let script: Script = Arc::new(|line: &str| {
+        let to = if line.contains("/h2c") {
+            "h2c"
+        } else if line.contains("/both") {
+            "h2c, websocket"
+        } else {
+            "websocket"
+        };
+        let bytes = format!("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {to}\r\n\r\n").into_bytes();
+        Answer { bytes, ..Answer::default() }
+    });
+    let (addr, _log) = scripted_upstream(script).await;
+    let gw = gateway(addr).await;
+    for (path, status) in [("/h2c", 502), ("/both", 502), ("/ws", 101)] {
+        let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await {
+                Ok(Ok(1)) => head.push(b[0]),
+                _ => break,
+            }
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert_eq!(status_of(&head), status, "{path}: {head}");
+    }
+    gw.stop().await;
+}
