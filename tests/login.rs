@@ -356,6 +356,18 @@ async fn cli_revoke_reaches_a_running_gateway_and_login_works_right_after() {
     assert_eq!(call(&gw, &bob).await, 200, "other subjects are untouched");
     assert_eq!(call(&gw, &fresh).await, 200, "a login right after the revocation must work");
     assert_eq!(call(&gw, &minted).await, 200, "a token minted right after the revocation must work");
+    // And a revoke right after that minting catches it, though its iat is
+    // the first revoke's cut-off (the same second, or the next).
+    let out = std::process::Command::new(bin())
+        .args(["revoke", "--sub", "alice", "--config"])
+        .arg(gw.dir.path().join("config.toml"))
+        .output()
+        .expect("run authgate revoke");
+    assert!(out.status.success(), "authgate revoke failed: {}", String::from_utf8_lossy(&out.stderr));
+    eventually(Duration::from_secs(5), "the second revoke catches the token minted after the first", async || {
+        call(&gw, &minted).await == 401 && call(&gw, &fresh).await == 401
+    })
+    .await;
     gw.stop().await;
 }
 
@@ -544,5 +556,31 @@ async fn check_writes_nothing_and_revokes_nobody() {
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert_eq!(call(&gw, &access).await, 200, "check revoked a live token");
     assert_eq!(refresh(&gw, &refresh_token).await.status(), 200, "check revoked a live refresh token");
+    gw.stop().await;
+}
+
+/// revoke, token, revoke, all in one second: the token was issued at the
+/// first revoke's cut-off (so that it would be accepted), and the second
+/// revoke must still catch it (`store::next_cutoff`).
+#[tokio::test]
+async fn a_second_revoke_in_the_same_second_catches_a_token_minted_between() {
+    let gw = start(&alice_and_bob(), GENEROUS, "kind = \"embedded\"\npath = \"data/authgate.db\"").await;
+    let config = gw.dir.path().join("config.toml");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin()).args(args).arg("--config").arg(&config).output().expect("run authgate");
+        assert!(out.status.success(), "authgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Start just after a second begins, so the three commands share it.
+    let into_second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").subsec_millis();
+    tokio::time::sleep(Duration::from_millis(u64::from(1010 - into_second))).await;
+    cli(&["revoke", "--sub", "bob"]);
+    let minted = cli(&["token", "--sub", "bob"]);
+    cli(&["revoke", "--sub", "bob"]);
+    eventually(Duration::from_secs(5), "the second revoke catches the token minted between", async || call(&gw, &minted).await == 401)
+        .await;
+    // A token minted afterwards is accepted.
+    let after = cli(&["token", "--sub", "bob"]);
+    assert_eq!(call(&gw, &after).await, 200);
     gw.stop().await;
 }

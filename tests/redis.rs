@@ -90,7 +90,12 @@ async fn a_token_revoked_through_one_replica_is_refused_by_the_other_within_a_se
 
     // A subject cut-off (authgate revoke) written by another process reaches both.
     let store = authgate::store::open(&a.app().config).expect("open the store like `authgate revoke` does");
-    store.revoke_subject("alice", authgate::jwt::now_secs() + 1).expect("revoke");
+    let cutoff = authgate::jwt::now_secs() + 1;
+    store.revoke_subject("alice", cutoff).expect("revoke");
+    // A second revoke in the same second moves the cut-off past the
+    // first: a token issued at the first cut-off is caught by the second.
+    store.revoke_subject("alice", cutoff).expect("revoke again");
+    assert_eq!(store.subject_cutoff("alice").expect("cut-off"), Some(cutoff + 1));
     for gw in [&a, &b] {
         eventually(Duration::from_secs(1), "the cut-off reaches every replica", async || call(gw, &other).await == 401).await;
     }

@@ -164,15 +164,13 @@ impl Store for SqliteStore {
     fn revoke_subject(&self, sub: &str, cutoff: u64) -> Result<()> {
         let mut c = self.conn();
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
-        let before: i64 = tx
-            .query_row("SELECT cutoff FROM subject_cutoffs WHERE sub = ?1", params![sub], |r| r.get(0))
-            .optional()
-            .map_err(e)?
-            .unwrap_or(0);
+        let before: Option<i64> =
+            tx.query_row("SELECT cutoff FROM subject_cutoffs WHERE sub = ?1", params![sub], |r| r.get(0)).optional().map_err(e)?;
+        let next = before.map_or(int(cutoff), |b| int(super::next_cutoff(u64::try_from(b).unwrap_or(0), cutoff)));
         // Delete and insert so the row gets a new sequence number: readers
         // polling the log see the change.
         tx.execute("DELETE FROM subject_cutoffs WHERE sub = ?1", params![sub]).map_err(e)?;
-        tx.execute("INSERT INTO subject_cutoffs (sub, cutoff) VALUES (?1, ?2)", params![sub, before.max(int(cutoff))]).map_err(e)?;
+        tx.execute("INSERT INTO subject_cutoffs (sub, cutoff) VALUES (?1, ?2)", params![sub, next]).map_err(e)?;
         tx.execute("UPDATE refresh_families SET revoked = 1 WHERE sub = ?1", params![sub]).map_err(e)?;
         tx.commit().map_err(e)
     }
@@ -262,6 +260,9 @@ mod tests {
         assert_eq!(s.rotate_refresh(&t2, &t3, 150).expect("dead family"), Rotation::Invalid);
         s.revoke_jti("j", 120).expect("jti");
         s.revoke_subject("bob", 130).expect("sub");
+        // Again in the same second: the cut-off moves one past the last.
+        s.revoke_subject("bob", 130).expect("sub");
+        assert_eq!(s.subject_cutoff("bob").expect("cut-off"), Some(131));
         let r = s.revocations_since(Cursor::default()).expect("since");
         assert_eq!((r.jtis.len(), r.cutoffs.len()), (1, 1));
         assert!(s.revocations_since(r.cursor).expect("since").jtis.is_empty());

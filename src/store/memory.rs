@@ -91,8 +91,8 @@ impl Store for MemoryStore {
         let mut s = self.state();
         s.seq += 1;
         let seq = s.seq;
-        let before = s.cutoffs.get(sub).map_or(0, |c| c.1);
-        s.cutoffs.insert(sub.into(), (seq, before.max(cutoff)));
+        let next = s.cutoffs.get(sub).map_or(cutoff, |c| super::next_cutoff(c.1, cutoff));
+        s.cutoffs.insert(sub.into(), (seq, next));
         for f in s.families.values_mut().filter(|f| f.sub == sub) {
             f.revoked = true;
         }

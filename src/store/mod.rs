@@ -153,6 +153,16 @@ where
     tokio::task::spawn_blocking(move || f(store.as_ref())).await.map_err(|e| StoreError(format!("store task failed: {e}")))?
 }
 
+/// The cut-off a revoke-all writes, given the subject's current one.
+/// `cutoff` is the second after now: tokens with an earlier `iat` are
+/// refused. A token minted after an earlier revoke in this same second was
+/// issued at that revoke's cut-off (so that it is accepted), and `iat` has
+/// no finer resolution; so a revoke that comes within that second must
+/// move the cut-off one further, or such a token would survive it.
+pub fn next_cutoff(current: u64, cutoff: u64) -> u64 {
+    current.saturating_add(1).max(cutoff)
+}
+
 /// Compares the users file with what the store remembers of it: a user whose
 /// password hash changed, who was disabled, or who was removed gets a
 /// cut-off at `cutoff` (their tokens and refresh families end). Returns them.

@@ -127,8 +127,10 @@ return seq
 // KEYS: cutoffs, seq, cutoff_log, subfam:<sub>. ARGV: sub, cutoff, prefix, channel.
 const REVOKE_SUBJECT: &str = r"
 local c = tonumber(ARGV[2])
-local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if old > c then c = old end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+-- As store::next_cutoff: a revoke in the second of the last one moves
+-- the cut-off past it, so it also catches tokens issued at that cut-off.
+if old and tonumber(old) + 1 > c then c = tonumber(old) + 1 end
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', c))
 local seq = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[3], seq, ARGV[1])
