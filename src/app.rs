@@ -306,7 +306,9 @@ impl App {
     /// CSRF defence: a state-changing request that authenticates with
     /// authgate's cookie (no `Authorization`) must come from an allowed
     /// origin or the gateway's own. A browser attaches cookies to requests
-    /// other sites trigger; it does not let them set `Origin`.
+    /// other sites trigger; it does not let them set `Origin`. A WebSocket
+    /// handshake is a GET, but opens a two-way channel that CORS does not
+    /// guard (cross-site WebSocket hijacking): it is held to the same rule.
     fn check_cookie_origin(
         &self,
         route: &RouteConfig,
@@ -314,7 +316,7 @@ impl App {
         headers: &HeaderMap,
         host: Option<&str>,
     ) -> Result<(), GatewayError> {
-        if route.auth == AuthMode::Public || cookies::is_safe(method) {
+        if route.auth == AuthMode::Public || (cookies::is_safe(method) && !headers.contains_key(header::UPGRADE)) {
             return Ok(());
         }
         match self.presented_token(headers)? {

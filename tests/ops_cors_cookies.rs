@@ -153,6 +153,18 @@ async fn cookie_login_and_the_proxy_accepts_the_cookie_but_never_forwards_it() {
     assert_eq!(post(Some(("origin", own.clone()))).await.expect("send").status(), 200, "the gateway's own origin");
     assert_eq!(post(Some(("origin", APP.into()))).await.expect("send").status(), 200, "a [cors] allowed origin");
     assert_eq!(post(Some(("referer", format!("{own}/app/page?x=1")))).await.expect("send").status(), 200, "Referer when no Origin");
+    // A WebSocket handshake is a GET, but opens a two-way channel CORS does
+    // not guard: by cookie it needs an allowed Origin too (cross-site
+    // WebSocket hijacking).
+    for (origin, refused) in [(EVIL.to_string(), true), (own.clone(), false)] {
+        let req = format!(
+            "GET /api/ws HTTP/1.1\r\nHost: localhost:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\nCookie: {jar}\r\n\r\n",
+            gw.addr.port()
+        );
+        let resp = raw_request(&gw, req.as_bytes(), std::time::Duration::from_secs(2)).await;
+        assert_eq!(status_of(&resp) == 403, refused, "WebSocket by cookie from {origin}: {resp}");
+    }
     // A bearer token is not sent by the browser on its own: no Origin needed.
     let r = gw.client.post(gw.url("/api/x")).bearer_auth(&access).send().await.expect("send");
     assert_eq!(r.status(), 200);
