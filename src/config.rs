@@ -745,7 +745,9 @@ impl Validator<'_> {
             if crate::proxy::is_hop_by_hop(h) || NOT_IDENTITY_HEADERS.contains(h) {
                 return Err(self.err(key, format!("{h} cannot be an identity header")));
             }
-            if let Some((first, _)) = named[..i].iter().find(|(_, earlier)| earlier == h) {
+            // `_` counts as `-`: CGI-style upstreams read both as one header.
+            let same = |a: &HeaderName, b: &HeaderName| a.as_str().replace('_', "-") == b.as_str().replace('_', "-");
+            if let Some((first, _)) = named[..i].iter().find(|(_, earlier)| same(earlier, h)) {
                 return Err(self.err(key, format!("{h} is already {first}: each identity header carries one value")));
             }
         }

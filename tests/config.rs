@@ -98,6 +98,7 @@ fn identity_headers_are_distinct_and_never_a_framing_or_forwarding_header() {
         ),
         ("subject_header = \"X-Auth-Roles\"\nclaim_headers = { roles = \"X-Auth-Roles\" }", "identity.claim_headers.roles", "already"),
         ("claim_headers = { a = \"X-A\", b = \"X-A\" }", "identity.claim_headers.b", "already identity.claim_headers.a"),
+        ("claim_headers = { roles = \"X_Auth_Subject\" }", "identity.claim_headers.roles", "already identity.subject_header"),
         ("claim_headers = { size = \"Content-Length\" }", "identity.claim_headers.size", "cannot be an identity header"),
         ("subject_header = \"Transfer-Encoding\"", "identity.subject_header", "cannot be an identity header"),
         ("subject_header = \"X-Forwarded-For\"", "identity.subject_header", "cannot be an identity header"),
