@@ -186,12 +186,17 @@ pub struct TimedBody {
 /// moving, is not the upstream being late (the body has limits of its own,
 /// `body_timeout` and `body_min_rate`); an upstream that stops reading it
 /// is, once `upstream_timeout` has passed without a byte going through.
+/// While the body waits on the client (the upstream asked for more and the
+/// client has not sent it), the upstream is not late either: the body's
+/// own deadline ends a stalled upload with 408.
 #[derive(Clone)]
 pub struct Moved {
     start: tokio::time::Instant,
-    /// Milliseconds after `start`.
+    /// Milliseconds after `start`; `u64::MAX` while waiting on the client.
     last: Arc<AtomicU64>,
 }
+
+const ON_CLIENT: u64 = u64::MAX;
 
 impl Moved {
     fn new() -> Moved {
@@ -199,12 +204,20 @@ impl Moved {
     }
 
     fn now(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(ON_CLIENT - 1).min(ON_CLIENT - 1);
         self.last.store(ms, Ordering::Relaxed);
     }
 
+    fn on_client(&self) {
+        self.last.store(ON_CLIENT, Ordering::Relaxed);
+    }
+
+    /// When the body last moved; now while it waits on the client.
     fn last(&self) -> tokio::time::Instant {
-        self.start + Duration::from_millis(self.last.load(Ordering::Relaxed))
+        match self.last.load(Ordering::Relaxed) {
+            ON_CLIENT => tokio::time::Instant::now(),
+            ms => self.start + Duration::from_millis(ms),
+        }
     }
 }
 
@@ -242,10 +255,20 @@ impl http_body::Body for TimedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Ready(other) => {
+                if let Some(m) = &this.moved {
+                    m.now();
+                }
+                Poll::Ready(other.map(|r| r.map_err(Into::into)))
+            }
             Poll::Pending => match deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut.into()))),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    if let Some(m) = &this.moved {
+                        m.on_client();
+                    }
+                    Poll::Pending
+                }
             },
         }
     }

@@ -164,6 +164,22 @@ async fn an_upload_longer_than_upstream_timeout_is_answered_while_it_moves() {
     gw.stop().await;
 }
 
+/// A client that stops sending its body is the client's fault, whatever
+/// `upstream_timeout` says: the upstream is waiting for the body, and the
+/// body's own deadline answers 408, not 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_upload_gets_408_not_504() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "upstream_timeout = \"1s\"\nbody_timeout = \"3s\"\nbody_min_rate = 500").await;
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n0123456789").await.expect("head");
+    let t = Instant::now();
+    let answer = read_until(&mut s, "\r\n\r\n", Duration::from_secs(15)).await;
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(t.elapsed() >= Duration::from_millis(2900), "408 after only {:?}", t.elapsed());
+    gw.stop().await;
+}
+
 /// An upstream that stops reading the request body is late: 504 once
 /// `upstream_timeout` has passed with no byte going through, even though
 /// the client would keep sending.
