@@ -449,6 +449,13 @@ impl App {
         // Two proxies' headers that disagree mean a client set one of them
         // itself (nginx passes client headers on to the subrequest): judging
         // either could check a weaker route than the one being served.
+        // Two copies of one of them, likewise: which one a proxy would pick
+        // is not ours to guess.
+        for name in [&X_FORWARDED_URI, &X_ORIGINAL_URI, &X_FORWARDED_METHOD, &X_ORIGINAL_METHOD] {
+            if headers.get_all(name).iter().nth(1).is_some() {
+                return Err(GatewayError::BadRequest("the original URI or method is given twice"));
+            }
+        }
         let (fwd_uri, orig_uri) = (headers.get(&X_FORWARDED_URI), headers.get(&X_ORIGINAL_URI));
         if let (Some(a), Some(b)) = (fwd_uri, orig_uri)
             && a != b

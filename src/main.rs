@@ -105,6 +105,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { sub, ttl, claims } => {
+            if sub.trim().is_empty() {
+                anyhow::bail!("--sub: must not be empty (the gateway refuses a token without a subject)");
+            }
             let config = config::load(&path)?;
             let ttl = match ttl {
                 Some(t) => config::parse_duration(&t).map_err(|m| anyhow::anyhow!("--ttl: {m}"))?,

@@ -223,6 +223,9 @@ fn hs256_token_is_minted_from_the_env_secret() {
         jsonwebtoken::decode::<serde_json::Value>(&token, &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()).expect("key"), &v)
             .expect("verifies with the env secret");
     assert_eq!(data.claims["sub"], "alice");
+    // An empty subject would mint a token the gateway refuses.
+    let out = run(&["token", "--sub", "", "--config", file.to_str().expect("utf-8")], &[(var, secret)]);
+    assert_eq!(out.status.code(), Some(1), "--sub '': {}", String::from_utf8_lossy(&out.stderr));
     // A registered claim cannot be set with --claim: refused, not ignored.
     for claim in ["sub=mallory", "exp=1", "iss=elsewhere"] {
         let out = run(&["token", "--sub", "alice", "--claim", claim, "--config", file.to_str().expect("utf-8")], &[(var, secret)]);

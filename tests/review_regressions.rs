@@ -36,6 +36,19 @@ async fn forward_auth_refuses_disagreeing_original_uri_headers() {
         .await
         .expect("send");
     assert_eq!(r.status(), 200, "agreeing headers are fine");
+    // Two copies of one header: which the proxy used is unknown, so 400,
+    // whatever their order.
+    for (first, second) in [("/api", "/api/admin"), ("/api/admin", "/api")] {
+        let r = gw
+            .client
+            .get(gw.url("/auth/verify"))
+            .header("X-Forwarded-Uri", first)
+            .header("x-forwarded-uri", second)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 400, "X-Forwarded-Uri {first} then {second}");
+    }
     gw.stop().await;
 }
 
