@@ -430,6 +430,17 @@ impl App {
         if self.denylist.is_revoked(&identity) {
             return Err(GatewayError::InvalidToken(TokenError::Revoked));
         }
+        // Issued in the future: a token that would outlive revoke-all
+        // cut-offs made before it really was issued. Allowed: `leeway` and
+        // one second (a token minted in the second of a revoke is issued at
+        // its cut-off, now + 1), and up to the subject's cut-off itself,
+        // which several revokes in one second move further ahead.
+        if let Some(iat) = identity.iat()
+            && iat > now.saturating_add(self.config.jwt.leeway.as_secs()).saturating_add(1)
+            && self.denylist.subject_cutoff(identity.sub()).is_none_or(|cutoff| iat > cutoff)
+        {
+            return Err(GatewayError::InvalidToken(TokenError::NotYetValid));
+        }
         if !route.roles.is_empty() && !identity.roles().any(|r| route.roles.iter().any(|want| want == r)) {
             return Err(GatewayError::InsufficientScope);
         }
@@ -472,11 +483,22 @@ impl App {
             None => "/".to_string(),
         };
         let route = self.routes.match_route(&path).ok_or(GatewayError::NotFound)?;
-        let method = headers
-            .get(&X_FORWARDED_METHOD)
-            .or_else(|| headers.get(&X_ORIGINAL_METHOD))
-            .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-            .unwrap_or_else(|| req.method().clone());
+        // The original method decides the cookie CSRF rule: one that is not
+        // a method (`POST, GET`, what a proxy makes of two headers) or two
+        // that disagree are refused, never read as this request's GET.
+        let (fwd_method, orig_method) = (headers.get(&X_FORWARDED_METHOD), headers.get(&X_ORIGINAL_METHOD));
+        if let (Some(a), Some(b)) = (fwd_method, orig_method)
+            && a != b
+        {
+            return Err(GatewayError::BadRequest("X-Forwarded-Method and X-Original-Method disagree"));
+        }
+        let method = match fwd_method.or(orig_method) {
+            Some(m) => Method::from_bytes(m.as_bytes().trim_ascii())
+                .ok()
+                .filter(|m| !m.as_str().is_empty())
+                .ok_or(GatewayError::BadRequest("the original method is not a method"))?,
+            None => req.method().clone(),
+        };
         let host = headers.get(&proxy::X_FORWARDED_HOST).and_then(|h| h.to_str().ok()).or_else(|| request_host(req));
         self.check_cookie_origin(route, &method, headers, host)?;
         let identity = self.authenticate(route, headers)?;

@@ -742,7 +742,10 @@ impl Validator<'_> {
         named.extend(claim_headers.iter().map(|(c, h)| (format!("identity.claim_headers.{c}"), h)));
         named.extend(assertion_header.as_ref().map(|h| ("identity.assertion_header".to_string(), h)));
         for (i, (key, h)) in named.iter().enumerate() {
-            if crate::proxy::is_hop_by_hop(h) || NOT_IDENTITY_HEADERS.contains(h) {
+            // `_` as `-` here too: a CGI-style upstream reads X_Forwarded_For
+            // as X-Forwarded-For.
+            let dashed = HeaderName::from_bytes(h.as_str().replace('_', "-").as_bytes()).unwrap_or_else(|_| (*h).clone());
+            if crate::proxy::is_hop_by_hop(&dashed) || NOT_IDENTITY_HEADERS.contains(&dashed) {
                 return Err(self.err(key, format!("{h} cannot be an identity header")));
             }
             // `_` counts as `-`: CGI-style upstreams read both as one header.

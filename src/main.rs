@@ -105,8 +105,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { sub, ttl, claims } => {
-            if sub.trim().is_empty() {
-                anyhow::bail!("--sub: must not be empty (the gateway refuses a token without a subject)");
+            if sub.trim().is_empty() || sub.chars().any(char::is_control) {
+                anyhow::bail!("--sub: must not be empty or hold control characters (the gateway refuses such a token)");
             }
             let config = config::load(&path)?;
             let ttl = match ttl {
@@ -136,7 +136,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {} and {} for {}", cert.display(), key.display(), hosts.join(", "));
             Ok(())
         }
-        Command::Revoke { sub } => authgate::revoke_subject_cli(&config::load(&path)?, &sub),
+        Command::Revoke { sub } => {
+            if sub.trim().is_empty() {
+                anyhow::bail!("--sub: must not be empty");
+            }
+            authgate::revoke_subject_cli(&config::load(&path)?, &sub)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "authgate", &mut std::io::stdout());
             Ok(())

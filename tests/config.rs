@@ -102,6 +102,8 @@ fn identity_headers_are_distinct_and_never_a_framing_or_forwarding_header() {
         ("claim_headers = { size = \"Content-Length\" }", "identity.claim_headers.size", "cannot be an identity header"),
         ("subject_header = \"Transfer-Encoding\"", "identity.subject_header", "cannot be an identity header"),
         ("subject_header = \"X-Forwarded-For\"", "identity.subject_header", "cannot be an identity header"),
+        ("claim_headers = { a = \"X_Forwarded_Host\" }", "identity.claim_headers.a", "cannot be an identity header"),
+        ("claim_headers = { a = \"Transfer_Encoding\" }", "identity.claim_headers.a", "cannot be an identity header"),
     ];
     for (identity, key, why) in cases {
         let text = config_text(dir.path(), &format!("[identity]\n{identity}\n"), ROUTES);
@@ -223,9 +225,14 @@ fn hs256_token_is_minted_from_the_env_secret() {
         jsonwebtoken::decode::<serde_json::Value>(&token, &jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()).expect("key"), &v)
             .expect("verifies with the env secret");
     assert_eq!(data.claims["sub"], "alice");
-    // An empty subject would mint a token the gateway refuses.
-    let out = run(&["token", "--sub", "", "--config", file.to_str().expect("utf-8")], &[(var, secret)]);
-    assert_eq!(out.status.code(), Some(1), "--sub '': {}", String::from_utf8_lossy(&out.stderr));
+    // An empty subject, or one with a control character, would mint a
+    // token the gateway refuses; revoking an empty subject means nothing.
+    for sub in ["", " ", "a\nb"] {
+        let out = run(&["token", "--sub", sub, "--config", file.to_str().expect("utf-8")], &[(var, secret)]);
+        assert_eq!(out.status.code(), Some(1), "--sub {sub:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = run(&["revoke", "--sub", "", "--config", file.to_str().expect("utf-8")], &[(var, secret)]);
+    assert_eq!(out.status.code(), Some(1), "revoke --sub '': {}", String::from_utf8_lossy(&out.stderr));
     // A registered claim cannot be set with --claim: refused, not ignored.
     for claim in ["sub=mallory", "exp=1", "iss=elsewhere"] {
         let out = run(&["token", "--sub", "alice", "--claim", claim, "--config", file.to_str().expect("utf-8")], &[(var, secret)]);

@@ -179,6 +179,20 @@ async fn cookie_login_and_the_proxy_accepts_the_cookie_but_never_forwards_it() {
         .await
         .expect("send");
     assert_eq!(r.status(), 403);
+    // A method header that is no method (two folded into one line, say),
+    // or two that disagree, is refused, never read as this request's GET.
+    for (fwd, orig) in [("POST, GET", None), ("GET POST", None), ("", None), ("DELETE,", None), ("GET", Some("POST"))] {
+        let mut r = gw
+            .client
+            .get(gw.url("/auth/verify"))
+            .header("cookie", &jar)
+            .header("x-forwarded-uri", "/api/x")
+            .header("x-forwarded-method", fwd);
+        if let Some(o) = orig {
+            r = r.header("x-original-method", o);
+        }
+        assert_eq!(r.send().await.expect("send").status(), 400, "X-Forwarded-Method {fwd:?}, X-Original-Method {orig:?}");
+    }
     let r = gw.client.get(gw.url("/auth/verify")).header("cookie", &jar).header("x-forwarded-uri", "/api/x").send().await.expect("send");
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-auth-subject"], "alice");
