@@ -339,7 +339,10 @@ impl App {
         if let Some(t) = bearer_token(headers)? {
             return Ok(Some((t, false)));
         }
-        if self.cookie_mode() {
+        // Only a request with no `Authorization` at all falls back to the
+        // cookie: one that says how it authenticates (Basic, say) is judged
+        // by that.
+        if self.cookie_mode() && !headers.contains_key(header::AUTHORIZATION) {
             return Ok(cookies::get(headers, cookies::ACCESS).map(|t| (t, true)));
         }
         Ok(None)

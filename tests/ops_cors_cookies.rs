@@ -165,6 +165,13 @@ async fn cookie_login_and_the_proxy_accepts_the_cookie_but_never_forwards_it() {
         let resp = raw_request(&gw, req.as_bytes(), std::time::Duration::from_secs(2)).await;
         assert_eq!(status_of(&resp) == 403, refused, "WebSocket by cookie from {origin}: {resp}");
     }
+    // Two Origin headers: which one counts is not ours to pick; refused.
+    let twice =
+        gw.client.post(gw.url("/api/x")).header("cookie", &jar).header("origin", APP).header("origin", EVIL).send().await.expect("send");
+    assert_eq!(twice.status(), 403, "two Origin headers");
+    // The cookie is used only when there is no Authorization header at all.
+    let basic = gw.client.get(gw.url("/api/x")).header("cookie", &jar).header("authorization", "Basic YTpi").send().await.expect("send");
+    assert_eq!(basic.status(), 401, "Authorization: Basic beside the cookie");
     // A bearer token is not sent by the browser on its own: no Origin needed.
     let r = gw.client.post(gw.url("/api/x")).bearer_auth(&access).send().await.expect("send");
     assert_eq!(r.status(), 200);
