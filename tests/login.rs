@@ -559,18 +559,21 @@ async fn check_writes_nothing_and_revokes_nobody() {
     gw.stop().await;
 }
 
+/// Runs `authgate ARGS --config <gw's config>`, which must succeed; its stdout.
+fn cli(gw: &Gateway, args: &[&str]) -> String {
+    let out =
+        std::process::Command::new(bin()).args(args).arg("--config").arg(gw.dir.path().join("config.toml")).output().expect("run authgate");
+    assert!(out.status.success(), "authgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// revoke, token, revoke, all in one second: the token was issued at the
 /// first revoke's cut-off (so that it would be accepted), and the second
 /// revoke must still catch it (`store::next_cutoff`).
 #[tokio::test]
 async fn a_second_revoke_in_the_same_second_catches_a_token_minted_between() {
     let gw = start(&alice_and_bob(), GENEROUS, "kind = \"embedded\"\npath = \"data/authgate.db\"").await;
-    let config = gw.dir.path().join("config.toml");
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(bin()).args(args).arg("--config").arg(&config).output().expect("run authgate");
-        assert!(out.status.success(), "authgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let cli = |args: &[&str]| cli(&gw, args);
     // Start just after a second begins, so the three commands share it.
     let into_second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").subsec_millis();
     tokio::time::sleep(Duration::from_millis(u64::from(1010 - into_second))).await;
@@ -592,12 +595,7 @@ async fn a_second_revoke_in_the_same_second_catches_a_token_minted_between() {
 #[tokio::test]
 async fn a_burst_of_revokes_does_not_lock_the_subject_out() {
     let gw = start(&alice_and_bob(), GENEROUS, "kind = \"embedded\"\npath = \"data/authgate.db\"").await;
-    let config = gw.dir.path().join("config.toml");
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(bin()).args(args).arg("--config").arg(&config).output().expect("run authgate");
-        assert!(out.status.success(), "authgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let cli = |args: &[&str]| cli(&gw, args);
     for _ in 0..12 {
         cli(&["revoke", "--sub", "bob"]);
     }
