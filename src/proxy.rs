@@ -120,6 +120,9 @@ pub fn rewrite_headers(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: Op
     if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
+    if headers.contains_key(header::FORWARDED) {
+        append_forwarded(headers, fwd);
+    }
     headers.insert(X_FORWARDED_PROTO.clone(), HTTPS.clone());
     match fwd.host.cloned() {
         Some(h) => {
@@ -133,6 +136,41 @@ pub fn rewrite_headers(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: Op
 
 /// Appends the address as text: an IPv4 address without `fmt`'s machinery,
 /// which costs more than the rest of the header rewrite (every request).
+/// RFC 7239 `Forwarded`, when the client sent one: authgate's own hop is
+/// appended (`for`, `proto`, `host`), so that its last element is one an
+/// upstream can trust, as with X-Forwarded-For; left alone, a client could
+/// tell an upstream that reads it any address, host or scheme. Not added
+/// when absent: the X-Forwarded-* headers carry the same.
+fn append_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
+    let mut f = String::with_capacity(96);
+    for prev in headers.get_all(header::FORWARDED).iter().filter_map(|v| v.to_str().ok()) {
+        if !prev.trim().is_empty() {
+            f.push_str(prev.trim());
+            f.push_str(", ");
+        }
+    }
+    f.push_str("for=");
+    match fwd.peer {
+        IpAddr::V4(_) => push_ip(&mut f, fwd.peer),
+        IpAddr::V6(v6) => {
+            let _ = write!(f, "\"[{v6}]\"");
+        }
+    }
+    f.push_str(";proto=https");
+    let plain = |h: &&str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if let Some(h) = fwd.host.and_then(|h| h.to_str().ok()).filter(plain) {
+        let _ = write!(f, ";host=\"{h}\"");
+    }
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(f)) {
+        Ok(v) => {
+            headers.insert(header::FORWARDED, v);
+        }
+        Err(_) => {
+            headers.remove(header::FORWARDED);
+        }
+    }
+}
+
 fn push_ip(out: &mut String, ip: IpAddr) {
     let IpAddr::V4(v4) = ip else {
         let _ = write!(out, "{ip}");

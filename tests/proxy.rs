@@ -40,7 +40,8 @@ async fn x_forwarded_headers_are_set() {
     let up = Upstream::start().await;
     let gw = Gateway::start("", &route_to(&up, "public")).await;
     let req = "GET /f?a=1&b=two%20words HTTP/1.1\r\nHost: app.example.com\r\nX-Forwarded-For: 203.0.113.7\r\n\
-               X-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n";
+               X-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example\r\nForwarded: for=198.51.100.9;host=evil.example;proto=http\r\n\
+               Connection: close\r\n\r\n";
     let resp = raw_request(&gw, req.as_bytes(), Duration::from_secs(10)).await;
     assert_eq!(status_of(&resp), 200, "{resp}");
     let seen = up.last();
@@ -48,6 +49,12 @@ async fn x_forwarded_headers_are_set() {
     assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
     assert_eq!(seen.headers["x-forwarded-host"], "app.example.com");
+    // RFC 7239: the client's Forwarded keeps its elements, and authgate's
+    // own hop comes last, where an upstream looks for the trusted one.
+    assert_eq!(
+        seen.headers["forwarded"],
+        "for=198.51.100.9;host=evil.example;proto=http, for=127.0.0.1;proto=https;host=\"app.example.com\""
+    );
     assert_eq!(seen.query.as_deref(), Some("a=1&b=two%20words"));
     // The upstream's Host is the upstream, not the client's.
     assert_eq!(seen.headers["host"], up.addr.to_string().as_str());
@@ -58,6 +65,7 @@ async fn x_forwarded_headers_are_set() {
     assert_eq!(r.status(), 200);
     let seen = up.last();
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert!(seen.headers.get("forwarded").is_none(), "none added when the client sent none");
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
     assert_eq!(seen.headers["x-forwarded-host"], format!("localhost:{}", gw.addr.port()).as_str());
     assert_eq!(seen.query.as_deref(), Some("x=1"));
