@@ -334,22 +334,11 @@ async fn cli_revoke_reaches_a_running_gateway_and_login_works_right_after() {
     let (bob, _) = tokens(&gw, "bob", "pw-bob").await;
     assert_eq!(call(&gw, &access).await, 200);
 
-    let out = std::process::Command::new(bin())
-        .args(["revoke", "--sub", "alice", "--config"])
-        .arg(gw.dir.path().join("config.toml"))
-        .output()
-        .expect("run authgate revoke");
-    assert!(out.status.success(), "authgate revoke failed: {}", String::from_utf8_lossy(&out.stderr));
+    cli(&gw, &["revoke", "--sub", "alice"]);
     // Logging in again at once, in the cut-off's second, gives a token that
     // is not caught by the cut-off; so does `authgate token`.
     let (fresh, _) = tokens(&gw, "alice", "pw-alice").await;
-    let minted = std::process::Command::new(bin())
-        .args(["token", "--sub", "alice", "--config"])
-        .arg(gw.dir.path().join("config.toml"))
-        .output()
-        .expect("run authgate token");
-    assert!(minted.status.success(), "authgate token failed: {}", String::from_utf8_lossy(&minted.stderr));
-    let minted = String::from_utf8_lossy(&minted.stdout).trim().to_string();
+    let minted = cli(&gw, &["token", "--sub", "alice"]);
 
     eventually(Duration::from_secs(5), "the gateway refuses the revoked token", async || call(&gw, &access).await == 401).await;
     assert_oauth_error(refresh(&gw, &refresh_token).await, 400, "invalid_grant").await;
@@ -358,12 +347,7 @@ async fn cli_revoke_reaches_a_running_gateway_and_login_works_right_after() {
     assert_eq!(call(&gw, &minted).await, 200, "a token minted right after the revocation must work");
     // And a revoke right after that minting catches it, though its iat is
     // the first revoke's cut-off (the same second, or the next).
-    let out = std::process::Command::new(bin())
-        .args(["revoke", "--sub", "alice", "--config"])
-        .arg(gw.dir.path().join("config.toml"))
-        .output()
-        .expect("run authgate revoke");
-    assert!(out.status.success(), "authgate revoke failed: {}", String::from_utf8_lossy(&out.stderr));
+    cli(&gw, &["revoke", "--sub", "alice"]);
     eventually(Duration::from_secs(5), "the second revoke catches the token minted after the first", async || {
         call(&gw, &minted).await == 401 && call(&gw, &fresh).await == 401
     })
