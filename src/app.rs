@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
@@ -464,19 +464,8 @@ impl App {
         // itself (nginx passes client headers on to the subrequest): judging
         // either could check a weaker route than the one being served.
         // Two copies of one of them, likewise: which one a proxy would pick
-        // is not ours to guess.
-        for name in [&X_FORWARDED_URI, &X_ORIGINAL_URI, &X_FORWARDED_METHOD, &X_ORIGINAL_METHOD] {
-            if headers.get_all(name).iter().nth(1).is_some() {
-                return Err(GatewayError::BadRequest("the original URI or method is given twice"));
-            }
-        }
-        let (fwd_uri, orig_uri) = (headers.get(&X_FORWARDED_URI), headers.get(&X_ORIGINAL_URI));
-        if let (Some(a), Some(b)) = (fwd_uri, orig_uri)
-            && a != b
-        {
-            return Err(GatewayError::BadRequest("X-Forwarded-Uri and X-Original-URI disagree"));
-        }
-        let original = fwd_uri.or(orig_uri);
+        // is not ours to guess. The same for the original method.
+        let original = original_header(headers, &X_FORWARDED_URI, &X_ORIGINAL_URI, "X-Forwarded-Uri and X-Original-URI disagree")?;
         let path = match original {
             Some(v) => {
                 let uri = v.to_str().map_err(|_| GatewayError::BadRequest("the original URI is not valid"))?;
@@ -489,17 +478,11 @@ impl App {
         // The original method decides the cookie CSRF rule: one that is not
         // a method (`POST, GET`, what a proxy makes of two headers) or two
         // that disagree are refused, never read as this request's GET.
-        let (fwd_method, orig_method) = (headers.get(&X_FORWARDED_METHOD), headers.get(&X_ORIGINAL_METHOD));
-        if let (Some(a), Some(b)) = (fwd_method, orig_method)
-            && a != b
-        {
-            return Err(GatewayError::BadRequest("X-Forwarded-Method and X-Original-Method disagree"));
-        }
-        let method = match fwd_method.or(orig_method) {
+        let original =
+            original_header(headers, &X_FORWARDED_METHOD, &X_ORIGINAL_METHOD, "X-Forwarded-Method and X-Original-Method disagree")?;
+        let method = match original {
             Some(m) => Method::from_bytes(m.as_bytes().trim_ascii())
-                .ok()
-                .filter(|m| !m.as_str().is_empty())
-                .ok_or(GatewayError::BadRequest("the original method is not a method"))?,
+                .map_err(|_| GatewayError::BadRequest("the original method is not a method"))?,
             None => req.method().clone(),
         };
         let host = headers.get(&proxy::X_FORWARDED_HOST).and_then(|h| h.to_str().ok()).or_else(|| request_host(req));
@@ -556,6 +539,24 @@ impl crate::config::JwtConfig {
 
 /// The token of `Authorization: Bearer <token>`. Another scheme counts as
 /// no token; two Authorization headers are a malformed request.
+/// The value forward-auth reads from Traefik's header `a` or nginx's `b`:
+/// refused when either comes twice or the two disagree, since then one of
+/// them came from the client.
+fn original_header<'h>(
+    headers: &'h HeaderMap,
+    a: &HeaderName,
+    b: &HeaderName,
+    disagree: &'static str,
+) -> Result<Option<&'h HeaderValue>, GatewayError> {
+    if headers.get_all(a).iter().nth(1).is_some() || headers.get_all(b).iter().nth(1).is_some() {
+        return Err(GatewayError::BadRequest("the original URI or method is given twice"));
+    }
+    match (headers.get(a), headers.get(b)) {
+        (Some(x), Some(y)) if x != y => Err(GatewayError::BadRequest(disagree)),
+        (x, y) => Ok(x.or(y)),
+    }
+}
+
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(v) = values.next() else { return Ok(None) };

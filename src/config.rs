@@ -737,21 +737,22 @@ impl Validator<'_> {
             strip_prefixes.push(p.to_ascii_lowercase());
         }
         // Each identity header names one thing: two keys on one header
-        // would let a claim stand in for the subject, say.
+        // would let a claim stand in for the subject, say. Names are
+        // compared with `_` as `-`, as CGI-style upstreams read them
+        // (X_Forwarded_For is X-Forwarded-For to them).
         let mut named: Vec<(String, &HeaderName)> = vec![("identity.subject_header".into(), &subject_header)];
         named.extend(claim_headers.iter().map(|(c, h)| (format!("identity.claim_headers.{c}"), h)));
         named.extend(assertion_header.as_ref().map(|h| ("identity.assertion_header".to_string(), h)));
-        for (i, (key, h)) in named.iter().enumerate() {
-            // `_` as `-` here too: a CGI-style upstream reads X_Forwarded_For
-            // as X-Forwarded-For.
-            let dashed = HeaderName::from_bytes(h.as_str().replace('_', "-").as_bytes()).unwrap_or_else(|_| (*h).clone());
-            if crate::proxy::is_hop_by_hop(&dashed) || NOT_IDENTITY_HEADERS.contains(&dashed) {
+        let dashed: Vec<HeaderName> = named
+            .iter()
+            .map(|(_, h)| HeaderName::from_bytes(crate::identity::dashed(h.as_str()).as_bytes()).unwrap_or_else(|_| (*h).clone()))
+            .collect();
+        for (i, ((key, h), d)) in named.iter().zip(&dashed).enumerate() {
+            if crate::proxy::is_hop_by_hop(d) || NOT_IDENTITY_HEADERS.contains(d) {
                 return Err(self.err(key, format!("{h} cannot be an identity header")));
             }
-            // `_` counts as `-`: CGI-style upstreams read both as one header.
-            let same = |a: &HeaderName, b: &HeaderName| a.as_str().replace('_', "-") == b.as_str().replace('_', "-");
-            if let Some((first, _)) = named[..i].iter().find(|(_, earlier)| same(earlier, h)) {
-                return Err(self.err(key, format!("{h} is already {first}: each identity header carries one value")));
+            if let Some(j) = dashed[..i].iter().position(|earlier| earlier == d) {
+                return Err(self.err(key, format!("{h} is already {}: each identity header carries one value", named[j].0)));
             }
         }
         Ok(IdentityConfig {

@@ -25,7 +25,7 @@ pub struct IdentityRules {
 /// `name` with `_` as `-`: CGI, WSGI, PHP and the like turn both
 /// `X-Auth-Subject` and `X_Auth_Subject` into `HTTP_X_AUTH_SUBJECT`, so a
 /// client must not get either past authgate.
-fn dashed(name: &str) -> String {
+pub(crate) fn dashed(name: &str) -> String {
     name.replace('_', "-")
 }
 

@@ -134,8 +134,6 @@ pub fn rewrite_headers(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: Op
     }
 }
 
-/// Appends the address as text: an IPv4 address without `fmt`'s machinery,
-/// which costs more than the rest of the header rewrite (every request).
 /// RFC 7239 `Forwarded`, when the client sent one: authgate's own hop is
 /// appended (`for`, `proto`, `host`), so that its last element is one an
 /// upstream can trust, as with X-Forwarded-For; left alone, a client could
@@ -171,6 +169,8 @@ fn append_forwarded(headers: &mut HeaderMap, fwd: &Forwarded<'_>) {
     }
 }
 
+/// Appends the address as text: an IPv4 address without `fmt`'s machinery,
+/// which costs more than the rest of the header rewrite (every request).
 fn push_ip(out: &mut String, ip: IpAddr) {
     let IpAddr::V4(v4) = ip else {
         let _ = write!(out, "{ip}");
@@ -281,32 +281,24 @@ impl http_body::Body for TimedBody {
         let this = &mut *self;
         let timeout = this.timeout;
         let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(m) = &this.moved {
+            // Something came from the client, or the upstream waits on it.
+            if polled.is_ready() { m.now() } else { m.on_client() }
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let more = this.per_byte.saturating_mul(u32::try_from(data.len()).unwrap_or(u32::MAX));
                     let later = deadline.deadline() + more;
                     deadline.as_mut().reset(later);
                 }
-                if let Some(m) = &this.moved {
-                    m.now();
-                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => {
-                if let Some(m) = &this.moved {
-                    m.now();
-                }
-                Poll::Ready(other.map(|r| r.map_err(Into::into)))
-            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
             Poll::Pending => match deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut.into()))),
-                Poll::Pending => {
-                    if let Some(m) = &this.moved {
-                        m.on_client();
-                    }
-                    Poll::Pending
-                }
+                Poll::Pending => Poll::Pending,
             },
         }
     }
