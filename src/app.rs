@@ -229,7 +229,7 @@ impl App {
 
         let host =
             req.headers().get(header::HOST).cloned().or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let fwd = Forwarded { peer: t.peer, host: host.as_ref() };
+        let fwd = Forwarded { peer: t.peer, client: t.client, host: host.as_ref() };
         let upgrade = proxy::wants_upgrade(&req).then(|| req.headers().get(header::UPGRADE).cloned()).flatten();
         proxy::rewrite_headers(req.headers_mut(), &fwd, upgrade, self.config.identity.forward_authorization);
         // After the hop-by-hop removal, so that a client's `Connection:

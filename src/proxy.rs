@@ -25,6 +25,7 @@ use crate::upstream::{self, Pool, SendError};
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static HTTPS: HeaderValue = HeaderValue::from_static("https");
 static UPGRADE_VALUE: HeaderValue = HeaderValue::from_static("upgrade");
 
@@ -93,7 +94,10 @@ fn is_websocket(headers: &HeaderMap) -> bool {
 
 /// Facts about the client that go into X-Forwarded-* headers.
 pub struct Forwarded<'a> {
+    /// The connection's peer (the last hop).
     pub peer: IpAddr,
+    /// The client, as `server.trusted_proxies` resolve it.
+    pub client: IpAddr,
     pub host: Option<&'a HeaderValue>,
 }
 
@@ -122,6 +126,21 @@ pub fn rewrite_headers(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: Op
     }
     if headers.contains_key(header::FORWARDED) {
         append_forwarded(headers, fwd);
+    }
+    // X-Real-IP names one address, and upstreams behind nginx trust it:
+    // a client's own is replaced with the client as authgate knows it
+    // (not added when absent, like Forwarded). `insert` replaces every copy.
+    if headers.contains_key(&X_REAL_IP) {
+        let mut ip = String::with_capacity(15);
+        push_ip(&mut ip, fwd.client);
+        match HeaderValue::from_maybe_shared(bytes::Bytes::from(ip)) {
+            Ok(ip) => {
+                headers.insert(X_REAL_IP.clone(), ip);
+            }
+            Err(_) => {
+                headers.remove(&X_REAL_IP);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HTTPS.clone());
     match fwd.host.cloned() {
@@ -331,7 +350,7 @@ pub async fn forward(
             return Err(GatewayError::BadGateway("upstream switched protocols unasked".into()));
         }
         let (mut parts, body) = resp.into_parts();
-        response_headers(&mut parts.headers);
+        response_headers(parts.status, &mut parts.headers);
         return Ok(Response::from_parts(parts, body.boxed()));
     };
     let mut resp = head_within(s, upstream::send_upgrade(pool.authority(), req), moved.as_ref()).await?;
@@ -364,7 +383,7 @@ pub async fn forward(
         return Ok(Response::from_parts(parts, body::empty()));
     }
     let (mut parts, incoming) = resp.into_parts();
-    response_headers(&mut parts.headers);
+    response_headers(parts.status, &mut parts.headers);
     Ok(Response::from_parts(parts, incoming.boxed()))
 }
 
@@ -392,11 +411,13 @@ async fn head_within<T>(
 }
 
 /// The upstream's response headers as the client will get them.
-fn response_headers(headers: &mut HeaderMap) {
+fn response_headers(status: StatusCode, headers: &mut HeaderMap) {
     // Both framings: hyper read the body as chunked (RFC 9112 6.3) and the
     // client gets it chunked too; the upstream's Content-Length would frame
-    // it wrongly (a truncated body).
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    // it wrongly (a truncated body). A 204 has no body whatever its
+    // Content-Length says (RFC 9110 8.6 forbids sending one), and an HTTP/2
+    // client refuses a 204 that announces content.
+    if status == StatusCode::NO_CONTENT || headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
     }
     remove_hop_by_hop(headers);

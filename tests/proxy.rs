@@ -41,7 +41,7 @@ async fn x_forwarded_headers_are_set() {
     let gw = Gateway::start("", &route_to(&up, "public")).await;
     let req = "GET /f?a=1&b=two%20words HTTP/1.1\r\nHost: app.example.com\r\nX-Forwarded-For: 203.0.113.7\r\n\
                X-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example\r\nForwarded: for=198.51.100.9;host=evil.example;proto=http\r\n\
-               Connection: close\r\n\r\n";
+               X-Real-IP: 10.9.9.9\r\nX-Real-IP: 10.8.8.8\r\nConnection: close\r\n\r\n";
     let resp = raw_request(&gw, req.as_bytes(), Duration::from_secs(10)).await;
     assert_eq!(status_of(&resp), 200, "{resp}");
     let seen = up.last();
@@ -55,6 +55,9 @@ async fn x_forwarded_headers_are_set() {
         seen.headers["forwarded"],
         "for=198.51.100.9;host=evil.example;proto=http, for=127.0.0.1;proto=https;host=\"app.example.com\""
     );
+    // A client's X-Real-IP names the client as authgate knows it (the
+    // peer: it is not a trusted proxy), once.
+    assert_eq!(seen.headers.get_all("x-real-ip").iter().collect::<Vec<_>>(), ["127.0.0.1"]);
     assert_eq!(seen.query.as_deref(), Some("a=1&b=two%20words"));
     // The upstream's Host is the upstream, not the client's.
     assert_eq!(seen.headers["host"], up.addr.to_string().as_str());
@@ -66,9 +69,27 @@ async fn x_forwarded_headers_are_set() {
     let seen = up.last();
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert!(seen.headers.get("forwarded").is_none(), "none added when the client sent none");
+    assert!(seen.headers.get("x-real-ip").is_none(), "none added when the client sent none");
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
     assert_eq!(seen.headers["x-forwarded-host"], format!("localhost:{}", gw.addr.port()).as_str());
     assert_eq!(seen.query.as_deref(), Some("x=1"));
+    gw.stop().await;
+}
+
+/// Behind a trusted proxy, X-Real-IP names the client that proxy saw (the
+/// right-most untrusted X-Forwarded-For entry), not the proxy and not what
+/// the client wrote in its own X-Real-IP.
+#[tokio::test]
+async fn x_real_ip_behind_a_trusted_proxy_is_the_resolved_client() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = with_server(&config_text(dir.path(), "", &route_to(&up, "public")), "trusted_proxies = [\"127.0.0.1/32\"]");
+    let gw = Gateway::start_in(dir, &text).await;
+    let req = "GET / HTTP/1.1\r\nHost: app.example.com\r\nX-Forwarded-For: 10.1.1.1, 203.0.113.7\r\n\
+               X-Real-IP: 10.1.1.1\r\nConnection: close\r\n\r\n";
+    let resp = raw_request(&gw, req.as_bytes(), Duration::from_secs(10)).await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_eq!(up.last().headers["x-real-ip"], "203.0.113.7");
     gw.stop().await;
 }
 

@@ -306,6 +306,27 @@ async fn content_length_and_chunked_response() {
     gw.stop().await;
 }
 
+/// A 204 that carries `Content-Length: 5` (which RFC 9110 §8.6 forbids):
+/// it has no body whatever the header says, so the header is dropped. An
+/// HTTP/2 client refuses a 204 that announces content, and an HTTP/1.1
+/// client could wait for five bytes that never come.
+#[tokio::test]
+async fn a_204_with_content_length_reaches_the_client_without_it() {
+    let script = answer_on("/nocontent", b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\n");
+    let (addr, _log) = scripted_upstream(script).await;
+    let gw = gateway(addr).await;
+    for h2 in [true, false] {
+        let client = client_for(&gw.cert_path(), h2);
+        let r = client.get(gw.url("/nocontent")).send().await.expect("a 204 reaches the client");
+        assert_eq!(r.status(), 204, "h2: {h2}");
+        assert_eq!(r.headers().get("x-kept").map(|v| v.as_bytes()), Some(&b"yes"[..]), "h2: {h2}");
+        assert!(r.headers().get("content-length").is_none(), "h2: {h2}: {:?}", r.headers());
+        assert_eq!(r.text().await.expect("empty body"), "");
+    }
+    check_next_requests(&gw, 2).await;
+    gw.stop().await;
+}
+
 /// A chunked response with trailers leaves its connection in the pool. The
 /// HTTP/1 server drops the body right after the trailers frame without
 /// polling it to `None`, and a chunked body is never `is_end_stream()`, so
