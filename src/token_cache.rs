@@ -1,7 +1,7 @@
 //! A bounded cache of verified tokens, so that a client presenting the same
 //! token again skips the signature check (tens of microseconds for ES256).
 //!
-//! Safety rules: the key is the exact token text; only tokens that passed
+//! Safety rules: the key is the exact token bytes; only tokens that passed
 //! full verification are inserted; an entry is never used past the token's
 //! `exp` (plus leeway); revocation is checked by the caller on every hit;
 //! the cache belongs to one `App`, so a reload (new keys, issuers or
@@ -19,7 +19,7 @@ const SHARDS: usize = 16;
 /// instructions on it. SipHash's resistance to chosen-key flooding buys
 /// nothing here: only tokens that passed verification become keys, so a
 /// client cannot choose them.
-type Shard = HashMap<Box<str>, Arc<Identity>, foldhash::fast::RandomState>;
+type Shard = HashMap<Box<[u8]>, Arc<Identity>, foldhash::fast::RandomState>;
 
 pub struct TokenCache {
     shards: Vec<Mutex<Shard>>,
@@ -32,16 +32,15 @@ impl TokenCache {
         TokenCache { shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(), per_shard: capacity.div_ceil(SHARDS) }
     }
 
-    fn shard(&self, token: &str) -> &Mutex<Shard> {
+    fn shard(&self, token: &[u8]) -> &Mutex<Shard> {
         // The signature's last characters are as good as random for a
         // verified token, and cost nothing to pick.
-        let b = token.as_bytes();
-        let i = b.iter().rev().take(2).fold(0usize, |acc, x| acc * 31 + *x as usize);
+        let i = token.iter().rev().take(2).fold(0usize, |acc, x| acc * 31 + *x as usize);
         &self.shards[i % SHARDS]
     }
 
     /// The identity of a token verified before, if it has not expired.
-    pub fn get(&self, token: &str, now: u64, leeway: u64) -> Option<Arc<Identity>> {
+    pub fn get(&self, token: &[u8], now: u64, leeway: u64) -> Option<Arc<Identity>> {
         if self.per_shard == 0 {
             return None;
         }
@@ -54,7 +53,7 @@ impl TokenCache {
         Some(id.clone())
     }
 
-    pub fn insert(&self, token: &str, identity: Arc<Identity>) {
+    pub fn insert(&self, token: &[u8], identity: Arc<Identity>) {
         if self.per_shard == 0 {
             return;
         }
