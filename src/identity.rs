@@ -73,7 +73,7 @@ impl IdentityRules {
         headers.insert(self.config.subject_header.clone(), header_value(identity.sub())?);
         for (claim, header) in &self.config.claim_headers {
             if let Some(v) = identity.claim(claim)
-                && let Some(value) = claim_value(v)?
+                && let Some(value) = claim_value(claim, v)?
             {
                 headers.insert(header.clone(), value);
             }
@@ -112,18 +112,29 @@ impl IdentityRules {
     }
 }
 
-/// Visible ASCII, space, tab and UTF-8 are allowed; CR, LF, NUL and other
-/// control characters are not (they would split or break the header).
+/// One clean header value, or the request is refused: an upstream must
+/// read the value authgate checked. So no control character (CR, LF and NUL
+/// would split or break the header; a tab or a C1 control may be dropped or
+/// trimmed by the upstream's parser) and no whitespace at either end (which
+/// parsers trim: a `sub` of `"\talice"` would reach the upstream as
+/// `alice`, one that `revoke --sub alice` does not cover).
 fn header_value(s: &str) -> Result<HeaderValue, TokenError> {
+    if s.chars().any(char::is_control) || s.trim().len() != s.len() {
+        return Err(TokenError::BadClaimValue);
+    }
     HeaderValue::from_bytes(s.as_bytes()).map_err(|_| TokenError::BadClaimValue)
 }
 
 /// A claim as one header value: strings as they are, numbers and booleans as
-/// JSON text, arrays joined with `,` (an element holding `,` would be split
-/// apart by the upstream, so it is refused), objects as compact JSON.
-fn claim_value(v: &Value) -> Result<Option<HeaderValue>, TokenError> {
+/// JSON text, arrays joined with `,`, objects as compact JSON. An array
+/// element that holds `,` or has whitespace at either end is refused: the
+/// upstream would split it apart or trim it into another value. So is a
+/// `roles` string that holds `,`: authgate checks it as one role, and the
+/// upstream would read it as several (`"admin,user"` as `admin`).
+fn claim_value(name: &str, v: &Value) -> Result<Option<HeaderValue>, TokenError> {
     let text = match v {
         Value::Null => return Ok(None),
+        Value::String(s) if name == "roles" && s.contains(',') => return Err(TokenError::BadClaimValue),
         Value::String(s) => s.clone(),
         Value::Bool(_) | Value::Number(_) | Value::Object(_) => v.to_string(),
         Value::Array(items) => {
@@ -134,7 +145,7 @@ fn claim_value(v: &Value) -> Result<Option<HeaderValue>, TokenError> {
                     Value::Bool(_) | Value::Number(_) => item.to_string(),
                     _ => return Err(TokenError::BadClaimValue),
                 };
-                if s.contains(',') {
+                if s.contains(',') || s.trim().len() != s.len() {
                     return Err(TokenError::BadClaimValue);
                 }
                 parts.push(s);
@@ -152,7 +163,7 @@ mod tests {
 
     #[test]
     fn claim_values() {
-        let hv = |v: Value| claim_value(&v).map(|o| o.map(|h| h.to_str().unwrap_or("<non-ascii>").to_string()));
+        let hv = |v: Value| claim_value("email", &v).map(|o| o.map(|h| h.to_str().unwrap_or("<non-ascii>").to_string()));
         assert_eq!(hv(json!("a")), Ok(Some("a".into())));
         assert_eq!(hv(json!(["admin", "user"])), Ok(Some("admin,user".into())));
         assert_eq!(hv(json!(42)), Ok(Some("42".into())));
@@ -160,6 +171,20 @@ mod tests {
         assert_eq!(hv(json!("a\r\nX-Auth-Subject: root")), Err(TokenError::BadClaimValue));
         assert_eq!(hv(json!("a\nb")), Err(TokenError::BadClaimValue));
         assert_eq!(hv(json!(["a,b"])), Err(TokenError::BadClaimValue));
-        assert!(claim_value(&json!("Zoë")).is_ok());
+        assert!(claim_value("name", &json!("Zoë")).is_ok());
+        assert_eq!(hv(json!("Doe, Jane")), Ok(Some("Doe, Jane".into())), "a comma inside a string is kept");
+        // Controls an upstream may drop or trim, and whitespace at either end.
+        for bad in [json!("a\tb"), json!("a\u{85}b"), json!("a\u{7f}"), json!(" a"), json!("a "), json!("\ta")] {
+            assert_eq!(hv(bad.clone()), Err(TokenError::BadClaimValue), "{bad}");
+        }
+        for bad in [json!(["user", " admin"]), json!(["user", "admin\t"]), json!(["a,b"])] {
+            assert_eq!(hv(bad.clone()), Err(TokenError::BadClaimValue), "{bad}");
+        }
+        // A roles string is one role to authgate; with a comma it would be
+        // several to the upstream.
+        assert_eq!(claim_value("roles", &json!("admin,user")), Err(TokenError::BadClaimValue));
+        assert!(claim_value("roles", &json!("admin")).is_ok());
+        assert!(header_value("alice").is_ok());
+        assert_eq!(header_value("\talice"), Err(TokenError::BadClaimValue));
     }
 }

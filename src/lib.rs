@@ -253,7 +253,8 @@ pub fn subject_cutoff_cli(config: &config::Config, sub: &str) -> u64 {
 
 /// `authgate revoke --sub S`: writes a cut-off for S to the store, which a
 /// running gateway reads within `store::SYNC_EVERY`; S's refresh families end.
-pub fn revoke_subject_cli(config: &config::Config, sub: &str) -> anyhow::Result<()> {
+/// Returns the line to print.
+pub fn revoke_subject_cli(config: &config::Config, sub: &str) -> anyhow::Result<String> {
     if config.store.kind == config::StoreKind::Memory {
         return Err(config::ConfigError {
             file: config.file.clone(),
@@ -266,6 +267,8 @@ pub fn revoke_subject_cli(config: &config::Config, sub: &str) -> anyhow::Result<
     // +1: tokens issued earlier in this same second (iat has second resolution) are refused too.
     let cutoff = jwt::now_secs() + 1;
     store.revoke_subject(sub, cutoff)?;
-    println!("revoked every token issued to {sub:?} before now; a running gateway refuses them within {}s", store::SYNC_EVERY.as_secs());
-    Ok(())
+    Ok(format!(
+        "revoked every token issued to {sub:?} before now; a running gateway refuses them within {}s\n",
+        store::SYNC_EVERY.as_secs()
+    ))
 }

@@ -1,6 +1,6 @@
 //! argv -> command. Errors print as one line (`{:#}`); config errors exit 2.
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -31,6 +31,11 @@ fn main() -> ExitCode {
     let checking = matches!(cli.command, Some(Command::Check));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`authgate token | head -c 0`): quietly, with
+        // the status a shell gives a command SIGPIPE ended.
+        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
+            ExitCode::from(141)
+        }
         Err(e) => {
             eprintln!("authgate: {e:#}");
             if checking || e.downcast_ref::<ConfigError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
@@ -80,6 +85,13 @@ fn init_tracing(format: LogFormat, background: bool) -> Option<tracing_appender:
     guard
 }
 
+/// Writes a command's output. Rust ignores SIGPIPE, so `println!` would
+/// panic when the reader has gone; this returns the error instead.
+fn emit(text: impl AsRef<[u8]>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_ref()).and_then(|()| out.flush()).context("cannot write to stdout")
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let path = cli.config_path();
     match cli.command.unwrap_or(Command::Serve) {
@@ -96,17 +108,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check => {
             let config = config::load(&path)?;
             init_tracing(LogFormat::Text, false);
-            print!("{}", authgate::check(config)?);
-            Ok(())
+            emit(authgate::check(config)?)
         }
         Command::HashPassword => {
             let password = read_password()?;
-            println!("{}", authgate::users::hash_password(&password)?);
+            emit(format!("{}\n", authgate::users::hash_password(&password)?))?;
             Ok(())
         }
         Command::Token { sub, ttl, claims } => {
-            if sub.trim().is_empty() || sub.chars().any(char::is_control) {
-                anyhow::bail!("--sub: must not be empty or hold control characters (the gateway refuses such a token)");
+            if sub.trim().is_empty() || sub.trim().len() != sub.len() || sub.chars().any(char::is_control) {
+                anyhow::bail!(
+                    "--sub: must not be empty, start or end with whitespace, or hold control characters (the gateway refuses such a token)"
+                );
             }
             let config = config::load(&path)?;
             let ttl = match ttl {
@@ -120,35 +133,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     anyhow::bail!("--claim {k}: set by authgate itself (use --sub and --ttl)");
                 }
                 let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+                if k == "roles" && value.as_str().is_some_and(|r| r.contains(',')) {
+                    anyhow::bail!(
+                        "--claim roles={v}: one role cannot hold ','; for several, give a JSON array: --claim 'roles=[\"admin\",\"user\"]'"
+                    );
+                }
                 extra.insert(k.to_string(), value);
             }
             let keys = authgate::keys::load(&config)?;
             let signer = authgate::jwt::Signer::new(&keys, config.jwt.issuer.clone(), config.jwt.audience.clone())
                 .ok_or_else(|| anyhow::anyhow!("{}: jwt: this config has no signing key (only jwt.public_key)", path.display()))?;
             let min_iat = authgate::subject_cutoff_cli(&config, &sub);
-            println!("{}", signer.sign_issued_at(&sub, &extra, ttl, min_iat)?.token);
-            Ok(())
+            emit(format!("{}\n", signer.sign_issued_at(&sub, &extra, ttl, min_iat)?.token))
         }
         Command::GenCert { out, hosts } => {
             let hosts = if hosts.is_empty() { vec!["localhost".into(), "127.0.0.1".into(), "::1".into()] } else { hosts };
             let (cert, key) = (out.join("dev-cert.pem"), out.join("dev-key.pem"));
             authgate::tls::generate_self_signed(&cert, &key, &hosts).map_err(|m| anyhow::anyhow!("{m}"))?;
-            println!("wrote {} and {} for {}", cert.display(), key.display(), hosts.join(", "));
-            Ok(())
+            emit(format!("wrote {} and {} for {}\n", cert.display(), key.display(), hosts.join(", ")))
         }
         Command::Revoke { sub } => {
             if sub.trim().is_empty() {
                 anyhow::bail!("--sub: must not be empty");
             }
-            authgate::revoke_subject_cli(&config::load(&path)?, &sub)
+            emit(authgate::revoke_subject_cli(&config::load(&path)?, &sub)?)
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "authgate", &mut std::io::stdout());
-            Ok(())
+            // Into a buffer first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "authgate", &mut script);
+            emit(script)
         }
         Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).context("cannot write the man page")?;
-            Ok(())
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page).context("cannot write the man page")?;
+            emit(page)
         }
     }
 }

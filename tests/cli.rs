@@ -27,6 +27,28 @@ fn completions_and_man_page() {
     assert!(!ok, "an unknown shell is an error");
 }
 
+/// A reader that has gone (`authgate completions bash | head -c 10`): the
+/// command ends quietly with the status a shell gives a command SIGPIPE
+/// ended (141), never a panic with a backtrace.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    for args in [&["completions", "bash"][..], &["man"], &["gen-cert", "--out"]] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args: Vec<&str> = args.to_vec();
+        let out_dir = dir.path().display().to_string();
+        if args[0] == "gen-cert" {
+            args.push(&out_dir);
+        }
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out =
+            Command::new(common::bin()).args(&args).stdout(writer).stderr(std::process::Stdio::piped()).output().expect("run authgate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn hash_password_reads_stdin_and_drops_one_trailing_newline() {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};

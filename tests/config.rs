@@ -227,7 +227,7 @@ fn hs256_token_is_minted_from_the_env_secret() {
     assert_eq!(data.claims["sub"], "alice");
     // An empty subject, or one with a control character, would mint a
     // token the gateway refuses; revoking an empty subject means nothing.
-    for sub in ["", " ", "a\nb"] {
+    for sub in ["", " ", "a\nb", "a\tb", " alice", "alice "] {
         let out = run(&["token", "--sub", sub, "--config", file.to_str().expect("utf-8")], &[(var, secret)]);
         assert_eq!(out.status.code(), Some(1), "--sub {sub:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -240,6 +240,17 @@ fn hs256_token_is_minted_from_the_env_secret() {
         assert_eq!(out.status.code(), Some(1), "--claim {claim}: {stderr}");
         assert!(stderr.contains("set by authgate itself") && out.stdout.is_empty(), "--claim {claim}: {stderr}");
     }
+    // roles=admin,user is not JSON, so it would be one role holding ','
+    // (refused by the gateway); the error shows the array form.
+    let out = run(&["token", "--sub", "alice", "--claim", "roles=admin,user", "--config", file.to_str().expect("utf-8")], &[(var, secret)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(r#"roles=["admin","user"]"#) && out.stdout.is_empty(), "{stderr}");
+    let out = run(
+        &["token", "--sub", "alice", "--claim", r#"roles=["admin","user"]"#, "--config", file.to_str().expect("utf-8")],
+        &[(var, secret)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -92,12 +92,25 @@ async fn claim_headers_are_added_with_arrays_joined() {
     assert_eq!(seen.headers["x-auth-roles"], "admin,user,ops");
     assert_eq!(seen.headers["x-auth-email"], "alice@example.com");
     assert!(seen.headers.values().all(|v| v != "not forwarded"), "an unconfigured claim was forwarded");
-    // A role holding ',' would be split by the upstream: refused, not mangled.
-    let t = gw.token("alice", json!({ "roles": ["admin,root"] }));
+    // Values the upstream would read as something other than what authgate
+    // checked are refused, not mangled: a role holding ',' (split apart), a
+    // roles string holding ',' (one role to authgate, two to the upstream),
+    // whitespace at an end or a tab (trimmed or dropped by parsers).
     let before = up.hits();
-    let r = gw.client.get(gw.url("/req")).bearer_auth(t).send().await.expect("send");
-    assert_eq!(r.status(), 401);
-    assert_eq!(up.hits(), before);
+    for (sub, claims) in [
+        ("alice", json!({ "roles": ["admin,root"] })),
+        ("alice", json!({ "roles": "user,admin" })),
+        ("alice", json!({ "roles": ["user", " admin"] })),
+        ("alice", json!({ "email": "alice@example.com\t" })),
+        ("alice", json!({ "email": "a\u{85}b@example.com" })),
+        ("\talice", json!({})),
+        ("alice ", json!({})),
+    ] {
+        let t = gw.token(sub, claims.clone());
+        let r = gw.client.get(gw.url("/req")).bearer_auth(t).send().await.expect("send");
+        assert_eq!(r.status(), 401, "{sub:?} {claims}");
+    }
+    assert_eq!(up.hits(), before, "a refused identity reached the upstream");
     gw.stop().await;
 }
 
