@@ -917,6 +917,12 @@ fn normalise_route_path(p: &str) -> Result<String, String> {
     if !p.starts_with('/') {
         return Err(format!("{p:?} must start with \"/\""));
     }
+    // Matching ignores segment parameters (`/admin;x` is under `/admin`),
+    // so a route path holding `;` could never match; `?` and `#` do not
+    // belong to a path at all.
+    if let Some(c) = p.chars().find(|c| matches!(c, ';' | '?' | '#')) {
+        return Err(format!("{p:?}: a route path cannot hold {c:?} (requests are matched on the path alone, without ';' parameters)"));
+    }
     let normalised = crate::routes::normalise_path(p).map_err(|e| format!("{p:?}: {e}"))?;
     if normalised != p.trim_end_matches('/') && !(p == "/" && normalised == "/") && normalised != p {
         return Err(format!("{p:?} is not in normal form; write {normalised:?}"));

@@ -41,11 +41,23 @@ fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// What a path may hold as it is (RFC 3986 `pchar`, `/`, `%` of an escape).
+fn is_path_byte(b: u8) -> bool {
+    is_unreserved(b) || matches!(b, b'/' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@')
+}
+
+fn push_escape(out: &mut String, v: u8) {
+    out.push('%');
+    out.push(char::from(b"0123456789ABCDEF"[(v >> 4) as usize]));
+    out.push(char::from(b"0123456789ABCDEF"[(v & 15) as usize]));
+}
+
 fn hex(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
-/// RFC 3986 normalisation of a request path: decode unreserved escapes (and
+/// RFC 3986 normalisation of a request path: encode bytes a path may not
+/// hold raw (UTF-8, space, quotes), decode unreserved escapes (and
 /// upper-case the others), merge repeated `/`, remove `.` and `..` segments.
 /// Refuses what backends disagree about: an encoded `/`, `\` or NUL, a raw
 /// `\` (a separator on Windows and IIS, so `/public\..\admin` would be
@@ -58,9 +70,9 @@ pub fn normalise_path(raw: &str) -> Result<String, PathError> {
     if raw.contains('\\') {
         return Err(PathError::Backslash);
     }
-    // Fast path: nothing to decode and no dot or empty segments.
+    // Fast path: nothing to decode or encode, no dot or empty segments.
     let b = raw.as_bytes();
-    let simple = !b.contains(&b'%') && !raw.contains("//") && !raw.contains("/.");
+    let simple = b.iter().all(|&c| c != b'%' && is_path_byte(c)) && !raw.contains("//") && !raw.contains("/.");
     if simple {
         return Ok(raw.to_string());
     }
@@ -68,7 +80,8 @@ pub fn normalise_path(raw: &str) -> Result<String, PathError> {
     let mut decoded = String::with_capacity(raw.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' {
+        let c = b[i];
+        if c == b'%' {
             let (Some(h), Some(l)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) else {
                 return Err(PathError::BadEscape);
             };
@@ -79,17 +92,21 @@ pub fn normalise_path(raw: &str) -> Result<String, PathError> {
             if is_unreserved(v) {
                 decoded.push(v as char);
             } else {
-                decoded.push('%');
-                decoded.push(char::from(b"0123456789ABCDEF"[(v >> 4) as usize]));
-                decoded.push(char::from(b"0123456789ABCDEF"[(v & 15) as usize]));
+                push_escape(&mut decoded, v);
             }
             i += 3;
+        } else if c == 0 {
+            return Err(PathError::EncodedSeparator);
         } else {
-            // Copy up to the next escape as text: pushing bytes one by one as
-            // chars would turn each byte of a UTF-8 character into its own.
-            let next = raw[i..].find('%').map_or(raw.len(), |n| i + n);
-            decoded.push_str(&raw[i..next]);
-            i = next;
+            // Raw UTF-8 (`/café`), a space and the like are encoded, as a
+            // client should have sent them: `/café` and `/caf%C3%A9` are
+            // one path to the upstream, so they must be one to the routes.
+            if is_path_byte(c) {
+                decoded.push(c as char);
+            } else {
+                push_escape(&mut decoded, c);
+            }
+            i += 1;
         }
     }
 
@@ -216,18 +233,30 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/' | b';')))
 }
 
-/// The path the upstream receives: with `strip_prefix`, the route prefix
-/// removed (but not from `/p;params`, which has no path left to send).
+/// The path the upstream receives: with `strip_prefix`, the route's
+/// segments removed. A path with segment parameters matched with them
+/// ignored (`/api;v=1/x` is under `/api`), so then as many segments are
+/// skipped as the route has, parameters and all (a segment that is only
+/// parameters, `/;x`, does not count, as in matching).
 pub fn upstream_path<'a>(route: &RouteConfig, path: &'a str) -> &'a str {
-    if route.strip_prefix && route.path != "/" {
-        match &path[route.path.len()..] {
-            "" => "/",
-            rest if rest.starts_with(';') => path,
-            rest => rest,
-        }
-    } else {
-        path
+    if !route.strip_prefix || route.path == "/" {
+        return path;
     }
+    let rest = if path.contains(';') {
+        let mut left = route.path.matches('/').count();
+        let mut rest = path;
+        while left > 0 && !rest.is_empty() {
+            let end = rest[1..].find('/').map_or(rest.len(), |i| i + 1);
+            if !rest[1..end].split(';').next().unwrap_or("").is_empty() {
+                left -= 1;
+            }
+            rest = &rest[end..];
+        }
+        rest
+    } else {
+        path.get(route.path.len()..).unwrap_or("")
+    };
+    if rest.is_empty() { "/" } else { rest }
 }
 
 #[cfg(test)]
@@ -249,6 +278,13 @@ mod tests {
         ok("/a%20b", "/a%20b");
         ok("/a%3fb", "/a%3Fb");
         ok("/public/%2E%2E/admin", "/admin");
+        // Raw UTF-8 and a space become escapes: one form for the routes.
+        ok("/caf\u{e9}", "/caf%C3%A9");
+        ok("/caf%c3%a9", "/caf%C3%A9");
+        ok("/\u{dc}n\u{ef}/x", "/%C3%9Cn%C3%AF/x");
+        ok("/ad min", "/ad%20min");
+        ok("/a\"b<c>", "/a%22b%3Cc%3E");
+        ok("/a;b=c,d@e:f", "/a;b=c,d@e:f");
         let err = |a: &str, e: PathError| assert_eq!(normalise_path(a), Err(e), "{a}");
         err("/..", PathError::AboveRoot);
         err("/a/../../b", PathError::AboveRoot);
@@ -257,11 +293,36 @@ mod tests {
         err("/a%2Fb", PathError::EncodedSeparator);
         err("/a%5cb", PathError::EncodedSeparator);
         err("/a%00", PathError::EncodedSeparator);
+        err("/a\0", PathError::EncodedSeparator);
         err("/public\\..\\admin", PathError::Backslash);
         err("/a%zz", PathError::BadEscape);
         err("/a%2", PathError::BadEscape);
         err("/public/..;/admin", PathError::ParameterDotSegment);
         err("*", PathError::NotAbsolute);
+    }
+
+    #[test]
+    fn strip_prefix_removes_the_routes_segments_parameters_and_all() {
+        let route = |p: &str| RouteConfig {
+            path: p.into(),
+            upstream: crate::config::Upstream::Echo,
+            auth: crate::config::AuthMode::Public,
+            roles: Vec::new(),
+            scopes: Vec::new(),
+            rate_limit: None,
+            strip_prefix: true,
+        };
+        let r = route("/strip");
+        assert_eq!(upstream_path(&r, "/strip/y"), "/y");
+        assert_eq!(upstream_path(&r, "/strip"), "/");
+        assert_eq!(upstream_path(&r, "/strip/"), "/");
+        assert_eq!(upstream_path(&r, "/strip;x/y"), "/y");
+        assert_eq!(upstream_path(&r, "/strip;x"), "/");
+        assert_eq!(upstream_path(&r, "/;p/strip/y;q"), "/y;q");
+        let r = route("/api/v1");
+        assert_eq!(upstream_path(&r, "/api;x/v1/y"), "/y");
+        assert_eq!(upstream_path(&r, "/api/;x/v1;z/y/z"), "/y/z");
+        assert_eq!(upstream_path(&r, "/api/v1/y"), "/y");
     }
 
     #[test]

@@ -84,6 +84,28 @@ fn bad_upstream_names_the_route_index() {
     assert_config_error(&check(dir.path(), &text, &[]), dir.path(), "routes[1].upstream");
 }
 
+/// A route path in any form but the one requests are matched in would
+/// never match, and its requests would fall to a weaker route: raw UTF-8
+/// or a space (requests arrive encoded), `;` (matching ignores segment
+/// parameters), `?` or `#` (not part of a path).
+#[test]
+fn route_paths_must_be_in_the_form_requests_are_matched_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (path, says) in [
+        ("/caf\u{e9}", "write \"/caf%C3%A9\""),
+        ("/ad min", "write \"/ad%20min\""),
+        ("/caf%c3%a9", "write \"/caf%C3%A9\""),
+        ("/admin;x", "cannot hold ';'"),
+        ("/q?x", "cannot hold '?'"),
+        ("/a#b", "cannot hold '#'"),
+    ] {
+        let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"echo\"\n\n[[routes]]\npath = \"{path}\"\nupstream = \"echo\"\n");
+        let text = config_text(dir.path(), "", &routes);
+        let line = assert_config_error(&check(dir.path(), &text, &[]), dir.path(), "routes[1].path");
+        assert!(line.contains(says), "{path}: {line}");
+    }
+}
+
 /// One header, one meaning: a claim on the subject's header would make
 /// `X-Auth-Subject` carry whatever that claim says. And a header that
 /// frames the message, or that authgate sets itself, is never one.

@@ -206,9 +206,16 @@ async fn strip_prefix_and_upstream_base_path() {
         up.url()
     );
     let gw = Gateway::start("", &routes).await;
-    for (path, forwarded) in
-        [("/svc/a/b", "/a/b"), ("/svc", "/"), ("/svc/", "/"), ("/keep/a", "/keep/a"), ("/based/x", "/base/x"), ("/svc/a/../b", "/b")]
-    {
+    for (path, forwarded) in [
+        ("/svc/a/b", "/a/b"),
+        ("/svc", "/"),
+        ("/svc/", "/"),
+        ("/keep/a", "/keep/a"),
+        ("/based/x", "/base/x"),
+        ("/svc/a/../b", "/b"),
+        ("/svc;v=1/a", "/a"),
+        ("/based;x/y", "/base/y"),
+    ] {
         let resp = raw_get(&gw, path, None).await;
         assert_eq!(status_of(&resp), 200, "{path}: {resp}");
         assert_eq!(up.last().path, forwarded, "{path}");
@@ -274,5 +281,29 @@ async fn path_parameters_do_not_escape_their_route() {
     // A different first segment is still a different route.
     assert_eq!(status_of(&raw_get(&gw, "/adminx;y", None).await), 200);
     assert_eq!(root.hits(), 1);
+    gw.stop().await;
+}
+
+/// Raw UTF-8 in a request path (which some clients send) and its
+/// percent-encoded form are one path: both meet the route written
+/// `/caf%C3%A9`, and the upstream gets the encoded form. Before, only the
+/// form the route was written in matched, and the other reached `/`.
+#[tokio::test]
+async fn raw_and_encoded_non_ascii_paths_meet_the_same_route() {
+    let root = Upstream::start().await;
+    let cafe = Upstream::start().await;
+    let routes = format!(
+        "[[routes]]\npath = \"/\"\nupstream = \"{}\"\nauth = \"public\"\n\n[[routes]]\npath = \"/caf%C3%A9\"\nupstream = \"{}\"\nroles = [\"admin\"]\n",
+        root.url(),
+        cafe.url()
+    );
+    let gw = Gateway::start("", &routes).await;
+    for path in ["/caf\u{e9}/x", "/caf%C3%A9/x", "/caf%c3%a9/x"] {
+        assert_eq!(status_of(&raw_get(&gw, path, None).await), 401, "{path}");
+    }
+    assert_eq!(root.hits() + cafe.hits(), 0);
+    let t = gw.token("root", json!({ "roles": ["admin"] }));
+    assert_eq!(status_of(&raw_get(&gw, "/caf\u{e9}/x", Some(&t)).await), 200);
+    assert_eq!(cafe.last().path, "/caf%C3%A9/x");
     gw.stop().await;
 }
