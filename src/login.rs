@@ -205,8 +205,8 @@ async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>,
 }
 
 /// RFC 7009: 200 for any well-formed request, known token or not. With
-/// `login.cookie`, no `token` parameter revokes the cookies' tokens, and the
-/// answer clears both cookies.
+/// `login.cookie`, no `token` parameter revokes the cookies' tokens, and an
+/// answer to an allowed origin clears both cookies.
 async fn revoke(app: &App, login: &Login, form: &HashMap<String, String>, jar: &Jar) -> Result<Response<Body>, GatewayError> {
     match form.get("token") {
         Some(token) => revoke_token(app, token).await?,
@@ -222,7 +222,9 @@ async fn revoke(app: &App, login: &Login, form: &HashMap<String, String>, jar: &
     }
     let mut resp = Response::new(body::empty());
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if login.config.cookie {
+    // Only from an allowed origin: a `token` parameter needs no cookie, so
+    // another site's form could otherwise log the user out.
+    if login.config.cookie && jar.origin_ok {
         set_cookies(&mut resp, &login.config, None, None);
     }
     Ok(resp)

@@ -225,6 +225,19 @@ async fn refresh_by_cookie_and_revoke_clears_both_cookies() {
     assert_ne!(refresh2, refresh, "rotation");
 
     let jar = format!("authgate_access={access2}; authgate_refresh={refresh2}");
+    // A revoke with a `token` parameter needs no cookie, so another site's
+    // form can send one: it must not clear the cookies (a logout CSRF).
+    let r = gw
+        .client
+        .post(gw.url("/token/revoke"))
+        .header("cookie", &jar)
+        .header("origin", EVIL)
+        .form(&[("token", "garbage")])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert!(set_cookies(&r).is_empty(), "a cross-site revoke cleared the cookies: {:?}", set_cookies(&r));
     let r = gw
         .client
         .post(gw.url("/token/revoke"))
