@@ -479,6 +479,11 @@ pub fn echo(req: &Request<Incoming>, path: &str, query: Option<&str>) -> Respons
 /// Reads at most `limit` bytes of a request body (login forms) within
 /// `timeout`; more is 413, slower is 408.
 pub async fn read_body_limited(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, GatewayError> {
+    // A Content-Length over the limit is refused at once, before any of the
+    // body is read (and before hyper answers `Expect: 100-continue`).
+    if hyper::body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(GatewayError::PayloadTooLarge);
+    }
     let limited = http_body_util::Limited::new(body, limit);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(GatewayError::RequestTimeout),

@@ -175,6 +175,19 @@ async fn token_endpoint_errors_follow_rfc6749() {
     let r = post(&gw, "/token", &[("username", "alice"), ("password", &big)]).await;
     assert_eq!(r.status(), 413);
     assert_eq!(json(r).await["error"], "payload_too_large");
+    // A Content-Length over the limit is refused before the body comes
+    // (not after the body timeout), and without a 100 Continue.
+    for expect in ["", "Expect: 100-continue\r\n"] {
+        let req = format!(
+            "POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: 20000\r\n{expect}\r\nusername=alice"
+        );
+        let started = Instant::now();
+        let resp = raw_request(&gw, req.as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(status_of(&resp), 413, "{expect:?}: {resp}");
+        assert!(!resp.contains("100 Continue"), "{resp}");
+        assert!(started.elapsed() < Duration::from_secs(3), "answered after {:?}", started.elapsed());
+    }
     gw.stop().await;
 }
 
