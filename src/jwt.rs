@@ -24,7 +24,9 @@ pub struct Identity {
     sub: String,
     exp: u64,
     iat: Option<u64>,
-    jti: Option<String>,
+    /// The `jti`, or for a token without one a digest of its signed part
+    /// (see `content_id`), so that every token can be revoked.
+    jti: String,
     claims: Map<String, Value>,
 }
 
@@ -38,8 +40,10 @@ impl Identity {
     pub fn iat(&self) -> Option<u64> {
         self.iat
     }
-    pub fn jti(&self) -> Option<&str> {
-        self.jti.as_deref()
+    /// What revokes this token: its `jti`, or for a token without one
+    /// (an IdP's, say) `sha256:` and the digest of its signed part.
+    pub fn jti(&self) -> &str {
+        &self.jti
     }
     pub fn claim(&self, name: &str) -> Option<&Value> {
         self.claims.get(name)
@@ -168,7 +172,7 @@ impl Verifier {
                 check_header(&header)?;
                 ext.verify(&header, message, s)?;
                 let (issuer, audience) = (&ext.config.issuer, &ext.config.audience);
-                return check_claims(claims, now, self.leeway, issuer, audience);
+                return check_claims(claims, now, self.leeway, issuer, audience, message);
             }
         }
         // The algorithm is ours to choose, not the token's: compare the exact string.
@@ -207,7 +211,7 @@ impl Verifier {
             return Err(TokenError::Signature);
         }
         let claims = decode_part(p)?;
-        check_claims(claims, now, self.leeway, &self.issuer, &self.audience)
+        check_claims(claims, now, self.leeway, &self.issuer, &self.audience, message)
     }
 
     /// The external issuers (`[[jwt.issuers]]`).
@@ -236,9 +240,27 @@ fn check_header(header: &Map<String, Value>) -> Result<(), TokenError> {
     }
 }
 
-fn check_claims(claims: Map<String, Value>, now: u64, leeway: u64, issuer: &str, audience: &str) -> Result<Identity, TokenError> {
+/// A token's identity for revocation when it has no `jti`: the digest of
+/// its signed part (header and payload), not of the whole token, since an
+/// ECDSA signature can be rewritten into another valid one (high S), and
+/// that copy must be revoked with the original.
+fn content_id(message: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message.as_bytes());
+    format!("sha256:{}", B64.encode(digest.as_ref()))
+}
+
+fn check_claims(
+    claims: Map<String, Value>,
+    now: u64,
+    leeway: u64,
+    issuer: &str,
+    audience: &str,
+    message: &str,
+) -> Result<Identity, TokenError> {
     let exp = numeric_date(claims.get("exp").ok_or(TokenError::MissingClaim)?)?;
-    if now > exp.saturating_add(leeway) {
+    // RFC 7519 4.1.4: not accepted on or after `exp`. `now` is whole
+    // seconds, so `now >= exp` is "the current time has reached exp".
+    if now >= exp.saturating_add(leeway) {
         return Err(TokenError::Expired);
     }
     if let Some(nbf) = claims.get("nbf")
@@ -271,9 +293,9 @@ fn check_claims(claims: Map<String, Value>, now: u64, leeway: u64, issuer: &str,
         None => return Err(TokenError::MissingClaim),
     };
     let jti = match claims.get("jti") {
-        Some(Value::String(j)) => Some(j.clone()),
+        Some(Value::String(j)) if !j.is_empty() => j.clone(),
+        Some(Value::String(_)) | None => content_id(message),
         Some(_) => return Err(TokenError::Malformed),
-        None => None,
     };
     Ok(Identity { sub, exp, iat, jti, claims })
 }

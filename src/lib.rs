@@ -202,7 +202,12 @@ pub fn summary(app: &app::App) -> String {
         c.jwt.issuer,
         c.jwt.audience,
         kids.join(", "),
-        if app.signer.is_some() { "yes" } else { "no (verify only)" }
+        match (&app.signer, &c.jwt.private_key) {
+            (Some(_), _) => "yes",
+            // `check` does not generate the key; the gateway will.
+            (None, Some(_)) if c.jwt.generate_signing_key => "yes (its key is generated at start)",
+            (None, _) => "no (verify only)",
+        }
     );
     let mut identity: Vec<String> = vec![format!("{}: sub", c.identity.subject_header)];
     identity.extend(c.identity.claim_headers.iter().map(|(claim, h)| format!("{h}: {claim}")));

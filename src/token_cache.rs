@@ -46,7 +46,7 @@ impl TokenCache {
         }
         let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
         let id = shard.get(token)?;
-        if now > id.exp().saturating_add(leeway) {
+        if now >= id.exp().saturating_add(leeway) {
             shard.remove(token);
             return None;
         }

@@ -533,6 +533,8 @@ async fn check_writes_nothing_and_revokes_nobody() {
         stdout.contains("is valid") && stdout.contains("jwt.generate_signing_key") && stdout.contains("tls.generate_self_signed"),
         "{stdout}"
     );
+    // The gateway will sign (its key is generated at start), not verify only.
+    assert!(stdout.contains("signing=yes (its key is generated at start)"), "{stdout}");
     let after: Vec<_> = std::fs::read_dir(fresh.path()).expect("dir").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert_eq!(after.len(), before, "check wrote files: {after:?}");
 
@@ -601,4 +603,63 @@ async fn a_burst_of_revokes_does_not_lock_the_subject_out() {
     let (access, _) = tokens(&gw, "bob", "pw-bob").await;
     assert_eq!(call(&gw, &access).await, 200, "a login after the burst works");
     gw.stop().await;
+}
+
+/// A token without `jti` (an IdP's, or one minted elsewhere with the key)
+/// can be revoked too, by the digest of its signed part; and a copy whose
+/// ECDSA signature was rewritten into another valid one (s -> n - s) is
+/// revoked with it. It used to be accepted until it expired, revoke or not.
+#[tokio::test]
+async fn a_token_without_jti_can_be_revoked() {
+    let gw = start(&alice_and_bob(), GENEROUS, "kind = \"memory\"").await;
+    let now = authgate::jwt::now_secs();
+    let claims = json!({ "sub": "bob", "iss": "authgate", "aud": "api", "iat": now, "exp": now + 600 });
+    let pem = std::fs::read(gw.dir.path().join("jwt.pem")).expect("the gateway's key");
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(&pem).expect("an EC key");
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256), &claims, &key).expect("sign");
+    let high_s = with_high_s(&token);
+    for t in [&token, &high_s] {
+        assert_eq!(gw.client.get(gw.url("/x")).bearer_auth(t).send().await.expect("send").status(), 200);
+    }
+    let r = post(&gw, "/token/revoke", &[("token", &token)]).await;
+    assert_eq!(r.status(), 200);
+    for t in [&token, &high_s] {
+        let r = gw.client.get(gw.url("/x")).bearer_auth(t).send().await.expect("send");
+        assert_eq!(r.status(), 401, "a revoked token without jti");
+        assert!(r.headers()["www-authenticate"].to_str().expect("ascii").contains("revoked"));
+    }
+    // Another token of the same subject is not caught by it.
+    let other = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &json!({ "sub": "bob", "iss": "authgate", "aud": "api", "iat": now, "exp": now + 601 }),
+        &key,
+    )
+    .expect("sign");
+    assert_eq!(gw.client.get(gw.url("/x")).bearer_auth(&other).send().await.expect("send").status(), 200);
+    gw.stop().await;
+}
+
+/// The same ES256 token with its signature's s replaced by n - s: still a
+/// valid signature over the same header and payload.
+fn with_high_s(token: &str) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (signed, sig) = token.rsplit_once('.').expect("three parts");
+    let sig = b64.decode(sig).expect("base64url");
+    // The order of P-256, big-endian.
+    let n: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17,
+        0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+    ];
+    let s = &sig[32..];
+    let mut out = [0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(n[i]) - i16::from(s[i]) - borrow;
+        borrow = i16::from(d < 0);
+        out[i] = (d + 256 * borrow) as u8;
+    }
+    let mut sig2 = sig[..32].to_vec();
+    sig2.extend_from_slice(&out);
+    format!("{signed}.{}", b64.encode(sig2))
 }

@@ -325,6 +325,8 @@ async fn expiry_and_not_before_honour_the_leeway() {
     };
     assert_refused(&gw, &up, &with(json!({ "exp": now() - 60 })), Some("the token has expired")).await;
     assert_refused(&gw, &up, &with(json!({ "nbf": now() + 3600 })), Some("the token is not valid yet")).await;
+    // RFC 7519 4.1.4: refused on or after exp (+ leeway), not a second later.
+    assert_refused(&gw, &up, &with(json!({ "exp": now() - 5 })), Some("the token has expired")).await;
     assert_passes(&gw, &up, &with(json!({ "exp": now() - 2 })), "alice").await;
     assert_passes(&gw, &up, &with(json!({ "nbf": now() + 2 })), "alice").await;
     // Issued an hour from now: it would outlive a revoke-all cut-off made
