@@ -101,10 +101,34 @@ impl PasswordHash {
     }
 }
 
-/// The loaded users, by username, and the dummy hash for unknown ones.
+/// The loaded users, by username, and the dummy hashes for unknown ones.
 pub struct Users {
     by_name: HashMap<String, User>,
-    dummy: PasswordHash,
+    /// One dummy per kind of hash in the file (algorithm and cost).
+    dummies: Vec<PasswordHash>,
+    /// For each user, in file order, the index of its kind's dummy.
+    kinds: Vec<usize>,
+}
+
+/// A hash's algorithm and cost: what decides how long checking it takes.
+fn cost_class(h: &PasswordHash) -> String {
+    match h {
+        PasswordHash::Argon2id(s) => argon2::PasswordHash::new(s)
+            .ok()
+            .and_then(|p| argon2::Params::try_from(&p).ok())
+            .map_or_else(|| "argon2id".to_string(), |p| format!("argon2id m={} t={} p={}", p.m_cost(), p.t_cost(), p.p_cost())),
+        PasswordHash::Bcrypt(s) => format!("bcrypt {}", s.parse::<bcrypt::HashParts>().map(|p| p.get_cost()).unwrap_or(0)),
+    }
+}
+
+/// A process-wide secret for `Users::hash_for`'s choice of dummy.
+fn dummy_key() -> &'static aws_lc_rs::hmac::Key {
+    static KEY: std::sync::OnceLock<aws_lc_rs::hmac::Key> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut secret = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut secret).expect("the system random number generator failed");
+        aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret)
+    })
 }
 
 impl Users {
@@ -124,17 +148,46 @@ impl Users {
         self.by_name.is_empty()
     }
 
-    /// The hash to check a password against: the user's, or the dummy.
+    /// The hash to check a password against: the user's, or for an unknown
+    /// username a dummy of the kind (algorithm and cost) of one of the
+    /// file's users, picked by a keyed hash of the name. So the same name
+    /// always takes the same time, and a kind comes up as often as users
+    /// have it: how long a name takes says nothing about whether it exists,
+    /// even in a file that mixes bcrypt and argon2id or their costs.
     pub fn hash_for(&self, username: &str) -> PasswordHash {
-        self.get(username).map_or_else(|| self.dummy.clone(), |u| u.password_hash.clone())
+        if let Some(u) = self.get(username) {
+            return u.password_hash.clone();
+        }
+        let tag = aws_lc_rs::hmac::sign(dummy_key(), username.as_bytes());
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&tag.as_ref()[..8]);
+        let kind = match self.kinds.len() {
+            0 => 0,
+            users => self.kinds[(u64::from_le_bytes(n) % users as u64) as usize],
+        };
+        self.dummies[kind].clone()
     }
 
     pub fn from_list(list: Vec<User>) -> anyhow::Result<Users> {
-        let dummy = match list.first() {
-            Some(u) => u.password_hash.dummy_like()?,
-            None => PasswordHash::Argon2id(hash_password(&crate::jwt::random_id(24))?),
-        };
-        Ok(Users { by_name: list.into_iter().map(|u| (u.username.clone(), u)).collect(), dummy })
+        let mut classes: Vec<String> = Vec::new();
+        let mut dummies = Vec::new();
+        let mut kinds = Vec::with_capacity(list.len());
+        for u in &list {
+            let class = cost_class(&u.password_hash);
+            let kind = match classes.iter().position(|c| *c == class) {
+                Some(k) => k,
+                None => {
+                    classes.push(class);
+                    dummies.push(u.password_hash.dummy_like()?);
+                    dummies.len() - 1
+                }
+            };
+            kinds.push(kind);
+        }
+        if dummies.is_empty() {
+            dummies.push(PasswordHash::Argon2id(hash_password(&crate::jwt::random_id(24))?));
+        }
+        Ok(Users { by_name: list.into_iter().map(|u| (u.username.clone(), u)).collect(), dummies, kinds })
     }
 }
 
@@ -243,6 +296,52 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file that mixes kinds of hash: an unknown name is checked against
+    /// a dummy of one of them, always the same for one name, each kind as
+    /// often as users have it. With one dummy of the first user's kind, a
+    /// bcrypt user among argon2id ones stood out by its time (and unknown
+    /// names by theirs).
+    #[test]
+    fn unknown_names_take_the_time_of_a_kind_users_have() {
+        let user = |name: &str, hash: String| User {
+            username: name.into(),
+            password_hash: PasswordHash::parse(&hash).expect("hash"),
+            roles: Vec::new(),
+            disabled: false,
+            claims: Map::new(),
+        };
+        let argon = {
+            use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+            let params = argon2::Params::new(8, 1, 1, None).expect("params");
+            let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            a.hash_password(b"pw", &SaltString::generate(&mut OsRng)).expect("argon2").to_string()
+        };
+        let bcrypt = || bcrypt::hash("pw", 4).expect("bcrypt");
+        let users = Users::from_list(vec![
+            user("a", argon.clone()),
+            user("b", bcrypt()),
+            user("c", bcrypt()),
+            user("d", bcrypt()),
+            user("e", bcrypt::hash("pw", 5).expect("bcrypt")),
+        ])
+        .expect("users");
+        assert_eq!(users.dummies.len(), 3, "argon2id, bcrypt 4, bcrypt 5");
+        let class = |name: &str| cost_class(&users.hash_for(name));
+        let mut counts = HashMap::new();
+        for i in 0..1000 {
+            let name = format!("nobody-{i}");
+            assert_eq!(class(&name), class(&name), "one name, one kind");
+            *counts.entry(class(&name)).or_insert(0) += 1;
+        }
+        // Shares 1/5, 3/5, 1/5 of 1,000: far from the edges of chance.
+        let n = |c: &str| counts.get(c).copied().unwrap_or(0);
+        assert!((120..=280).contains(&n("argon2id m=8 t=1 p=1")), "{counts:?}");
+        assert!((520..=680).contains(&n("bcrypt 4")), "{counts:?}");
+        assert!((120..=280).contains(&n("bcrypt 5")), "{counts:?}");
+        // A known name gets its own hash.
+        assert_eq!(users.hash_for("a").as_str(), argon);
+    }
 
     #[test]
     fn hashes_verify_and_bad_ones_are_refused() {
