@@ -156,6 +156,41 @@ async fn the_login_limit_spent_through_one_replica_is_spent_for_the_other() {
     }
 }
 
+/// An address already over its limit is not charged against the username
+/// it tried, across replicas too. Each replica's own governor lets its
+/// share through to Redis, where the per-IP limit refuses it; the Redis
+/// script charged the username anyway, so one address could spend (with
+/// N replicas, N times over) the budget of a user logging in elsewhere.
+#[tokio::test]
+async fn attempts_refused_for_their_address_do_not_spend_the_usernames_limit_on_redis() {
+    let Some(redis) = redis_or_skip("attempts_refused_for_their_address_do_not_spend_the_usernames_limit_on_redis") else { return };
+    let dir = shared();
+    let limits = "rate_limit = \"2/minute\"\nrate_limit_per_username = \"4/hour\"\n";
+    let a = replica(dir.path(), &redis, limits).await;
+    let b = replica(dir.path(), &redis, limits).await;
+    let mut statuses = Vec::new();
+    for gw in [&a, &b, &a, &b, &a, &b] {
+        statuses.push(login(gw, "alice", "wrong").await.status().as_u16());
+    }
+    assert_eq!(statuses, [400, 400, 429, 429, 429, 429], "the address's limit of 2 holds across the replicas");
+    // The same user from another address, with the right password: two
+    // of alice's four attempts are spent, not four.
+    let pem = std::fs::read(a.cert_path()).expect("cert");
+    let elsewhere = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("cert pem")])
+        .resolve("localhost", "127.0.0.1:0".parse().expect("addr"))
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .no_proxy()
+        .build()
+        .expect("client");
+    let form = [("username", "alice"), ("password", "pw-alice")];
+    let r = elsewhere.post(a.url("/token")).form(&form).send().await.expect("send");
+    assert_eq!(r.status(), 200, "alice's limit was spent by another address's refused attempts");
+    for gw in [a, b] {
+        gw.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn refresh_rotation_is_atomic_across_replicas_and_reuse_on_another_revokes_the_family() {
     let Some(redis) = redis_or_skip("refresh_rotation_is_atomic_across_replicas_and_reuse_on_another_revokes_the_family") else { return };

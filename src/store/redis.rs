@@ -180,13 +180,14 @@ end
 return #gone
 ";
 
-// GCRA on Redis's own clock, so replicas agree. KEYS: one per limit.
-// ARGV: (emission interval us, burst) per key. Each key is charged when it
-// alone allows the attempt (like governor). Returns microseconds to wait.
+// GCRA on Redis's own clock, so replicas agree. KEYS: one per limit, in
+// order. ARGV: (emission interval us, burst) per key. Each key is charged
+// in turn until one refuses; the keys after it are not charged, as with
+// the in-process limiters (an address over its limit does not spend the
+// username's budget). Returns microseconds to wait, 0 when allowed.
 const RATE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local wait = 0
 for i = 1, #KEYS do
   local T = tonumber(ARGV[2 * i - 1])
   local burst = tonumber(ARGV[2 * i])
@@ -194,13 +195,12 @@ for i = 1, #KEYS do
   if tat < now then tat = now end
   local allow_at = tat + T - T * burst
   if allow_at > now then
-    if allow_at - now > wait then wait = allow_at - now end
-  else
-    local new_tat = tat + T
-    redis.call('SET', KEYS[i], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+    return allow_at - now
   end
+  local new_tat = tat + T
+  redis.call('SET', KEYS[i], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 end
-return wait
+return 0
 ";
 
 fn key(parts: &[&str]) -> String {
