@@ -401,7 +401,7 @@ impl App {
         let entries: Vec<&str> =
             headers.get_all(&proxy::X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect();
         for entry in entries.iter().rev() {
-            let Ok(ip) = entry.trim().parse::<IpAddr>() else { break };
+            let Some(ip) = forwarded_ip(entry.trim()) else { break };
             let ip = ip.to_canonical();
             if !trusted.iter().any(|n| n.contains(&ip)) {
                 return ip;
@@ -500,6 +500,17 @@ impl App {
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(resp)
     }
+}
+
+/// An X-Forwarded-For entry's address: a bare IP, or one with a port as
+/// some proxies write it (`203.0.113.7:4711`, `[2001:db8::1]:4711`, Azure
+/// Application Gateway for one), or a bracketed IPv6 address without one.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))
 }
 
 /// The host the client addressed: `Host`, or the HTTP/2 `:authority`.

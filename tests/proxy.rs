@@ -90,6 +90,15 @@ async fn x_real_ip_behind_a_trusted_proxy_is_the_resolved_client() {
     let resp = raw_request(&gw, req.as_bytes(), Duration::from_secs(10)).await;
     assert_eq!(status_of(&resp), 200, "{resp}");
     assert_eq!(up.last().headers["x-real-ip"], "203.0.113.7");
+    // Entries with a port, as some proxies write them (Azure Application
+    // Gateway): the address is read, not the proxy's taken instead (which
+    // would put every client in the proxy's rate-limit bucket).
+    for (xff, client) in [("203.0.113.8:4711", "203.0.113.8"), ("[2001:db8::1]:4711", "2001:db8::1"), ("[2001:db8::2]", "2001:db8::2")] {
+        let req = format!("GET / HTTP/1.1\r\nHost: app.example.com\r\nX-Forwarded-For: {xff}\r\nX-Real-IP: x\r\nConnection: close\r\n\r\n");
+        let resp = raw_request(&gw, req.as_bytes(), Duration::from_secs(10)).await;
+        assert_eq!(status_of(&resp), 200, "{resp}");
+        assert_eq!(up.last().headers["x-real-ip"], client, "X-Forwarded-For: {xff}");
+    }
     gw.stop().await;
 }
 
