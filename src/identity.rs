@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::config::IdentityConfig;
 use crate::error::{GatewayError, TokenError};
-use crate::jwt::{Identity, Signer};
+use crate::jwt::{HeaderValues, Identity, Signer};
 
 /// How long an assertion (`identity.assertion_header`) is valid.
 pub const ASSERTION_TTL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -15,6 +15,8 @@ pub const ASSERTION_TTL: std::time::Duration = std::time::Duration::from_secs(60
 const REGISTERED: [&str; 7] = ["sub", "iss", "aud", "iat", "exp", "nbf", "jti"];
 
 pub struct IdentityRules {
+    /// Tells these rules from a reload's (see `Identity::header_values`).
+    id: u64,
     config: IdentityConfig,
     /// The identity headers' names and the stripped prefixes, lower case,
     /// with `_` written as `-`.
@@ -38,7 +40,9 @@ impl IdentityRules {
             .map(|h| dashed(h.as_str()))
             .collect();
         let prefixes = c.strip_prefixes.iter().map(|p| dashed(p)).collect();
-        IdentityRules { config, names, prefixes }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        IdentityRules { id, config, names, prefixes }
     }
 
     pub fn config(&self) -> &IdentityConfig {
@@ -69,16 +73,37 @@ impl IdentityRules {
 
     /// Writes the subject and the configured claims. A claim that cannot be
     /// one clean header value refuses the request instead of being mangled.
+    /// The values are built once per identity: a cached token's next
+    /// requests clone them.
     pub fn apply(&self, headers: &mut HeaderMap, identity: &Identity) -> Result<(), TokenError> {
-        headers.insert(self.config.subject_header.clone(), header_value(identity.sub())?);
-        for (claim, header) in &self.config.claim_headers {
-            if let Some(v) = identity.claim(claim)
-                && let Some(value) = claim_value(claim, v)?
-            {
-                headers.insert(header.clone(), value);
+        let (built_by, values) = identity.header_values.get_or_init(|| (self.id, self.values(identity)));
+        let other_rules;
+        let values = if *built_by == self.id {
+            values
+        } else {
+            other_rules = self.values(identity);
+            &other_rules
+        };
+        let values = values.as_ref().map_err(|e| *e)?;
+        let names = std::iter::once(&self.config.subject_header).chain(self.config.claim_headers.iter().map(|(_, h)| h));
+        for (name, value) in names.zip(values) {
+            if let Some(v) = value {
+                headers.insert(name.clone(), v.clone());
             }
         }
         Ok(())
+    }
+
+    fn values(&self, identity: &Identity) -> HeaderValues {
+        let mut values = Vec::with_capacity(1 + self.config.claim_headers.len());
+        values.push(Some(header_value(identity.sub())?));
+        for (claim, _) in &self.config.claim_headers {
+            values.push(match identity.claim(claim) {
+                Some(v) => claim_value(claim, v)?,
+                None => None,
+            });
+        }
+        Ok(values)
     }
 
     /// `identity.assertion_header`: a JWT signed by our key, valid for
@@ -119,7 +144,12 @@ impl IdentityRules {
 /// parsers trim: a `sub` of `"\talice"` would reach the upstream as
 /// `alice`, one that `revoke --sub alice` does not cover).
 fn header_value(s: &str) -> Result<HeaderValue, TokenError> {
-    if s.chars().any(char::is_control) || s.trim().len() != s.len() {
+    let clean = match s.as_bytes() {
+        // ASCII, the common case, by bytes: no control, no space at an end.
+        b if b.is_ascii() => b.iter().all(|&c| c >= b' ' && c != 0x7f) && b.first() != Some(&b' ') && b.last() != Some(&b' '),
+        _ => !s.chars().any(char::is_control) && s.trim().len() == s.len(),
+    };
+    if !clean {
         return Err(TokenError::BadClaimValue);
     }
     HeaderValue::from_bytes(s.as_bytes()).map_err(|_| TokenError::BadClaimValue)

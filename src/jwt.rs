@@ -28,7 +28,16 @@ pub struct Identity {
     /// (see `content_id`), so that every token can be revoked.
     jti: String,
     claims: Map<String, Value>,
+    /// The identity headers' values, built by the first request that
+    /// forwards this identity (`IdentityRules::apply`) and reused by the
+    /// next ones of the same cached token; tagged with the rules that built
+    /// them.
+    pub(crate) header_values: std::sync::OnceLock<(u64, HeaderValues)>,
 }
+
+/// The values of the identity headers (the subject's, then each claim
+/// header's, absent when the claim is), or why they cannot be sent.
+pub(crate) type HeaderValues = Result<Vec<Option<http::HeaderValue>>, TokenError>;
 
 impl Identity {
     pub fn sub(&self) -> &str {
@@ -297,7 +306,7 @@ fn check_claims(
         Some(Value::String(_)) | None => content_id(message),
         Some(_) => return Err(TokenError::Malformed),
     };
-    Ok(Identity { sub, exp, iat, jti, claims })
+    Ok(Identity { sub, exp, iat, jti, claims, header_values: std::sync::OnceLock::new() })
 }
 
 /// Mints tokens with the configured signing key.

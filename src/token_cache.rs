@@ -18,8 +18,36 @@ const SHARDS: usize = 16;
 /// bytes, hashed on every request, and SipHash spent about 1,000
 /// instructions on it. SipHash's resistance to chosen-key flooding buys
 /// nothing here: only tokens that passed verification become keys, so a
-/// client cannot choose them.
-type Shard = HashMap<Box<[u8]>, Arc<Identity>, foldhash::fast::RandomState>;
+/// client cannot choose them. And only the token's length and last 16
+/// bytes are hashed (`Tail`): they are its signature's, as good as random
+/// for a verified token. Equality still compares every byte.
+type Shard = HashMap<Box<[u8]>, Arc<Identity>, Tail>;
+
+/// A `BuildHasher` that hashes a byte string's last 16 bytes (and, as
+/// `Hash` for `[u8]` writes it first, its length) with foldhash.
+#[derive(Default, Clone)]
+struct Tail(foldhash::fast::RandomState);
+
+struct TailHasher(foldhash::fast::FoldHasher<'static>);
+
+impl std::hash::BuildHasher for Tail {
+    type Hasher = TailHasher;
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(self.0.build_hasher())
+    }
+}
+
+impl std::hash::Hasher for TailHasher {
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(&bytes[bytes.len().saturating_sub(16)..]);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0.write_usize(n);
+    }
+}
 
 pub struct TokenCache {
     shards: Vec<Mutex<Shard>>,
