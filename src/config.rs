@@ -535,6 +535,25 @@ impl Validator<'_> {
         {
             return Err(self.err(format!("routes[{i}].path"), format!("{:?} is login.path, which authgate answers itself", login.path)));
         }
+        // authgate answers these itself, whatever the routes say: a route
+        // on one of them would never be reached.
+        for own in [crate::app::JWKS_PATH, crate::app::VERIFY_PATH] {
+            if let Some(i) = routes.iter().position(|r| r.path == own) {
+                return Err(self.err(format!("routes[{i}].path"), format!("{own:?} is answered by authgate itself")));
+            }
+        }
+        // Two listeners on one address: `check` would pass a config that
+        // `serve` cannot start. (Port 0 is a fresh port for each.)
+        let listeners = [("server.http_redirect", server.http_redirect), ("server.admin_listen", server.admin_listen)];
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            let Some(addr) = addr.filter(|a| a.port() != 0) else { continue };
+            if addr == server.listen {
+                return Err(self.err(*key, format!("{addr} is server.listen's address too")));
+            }
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| *a == Some(addr)) {
+                return Err(self.err(*key, format!("{addr} is {other}'s address too")));
+            }
+        }
         let log = LogConfig {
             format: match raw.log.format.as_str() {
                 "text" => LogFormat::Text,

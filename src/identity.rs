@@ -14,6 +14,9 @@ pub const ASSERTION_TTL: std::time::Duration = std::time::Duration::from_secs(60
 /// Claims the assertion sets itself; a forwarded claim cannot replace them.
 const REGISTERED: [&str; 7] = ["sub", "iss", "aud", "iat", "exp", "nbf", "jti"];
 
+/// The headers authgate writes about the client (see `proxy::rewrite_headers`).
+const FORWARDING: [&str; 4] = ["x-real-ip", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"];
+
 pub struct IdentityRules {
     /// Tells these rules from a reload's (see `Identity::header_values`).
     id: u64,
@@ -49,10 +52,15 @@ impl IdentityRules {
         &self.config
     }
 
+    /// An identity header, or (spelt with `_`) one that authgate sets
+    /// about the client: `X_Real_IP` would reach a CGI-style upstream as
+    /// `HTTP_X_REAL_IP` beside, or instead of, the `X-Real-IP` authgate
+    /// wrote.
     fn is_identity_header(&self, name: &HeaderName) -> bool {
         let name = name.as_str();
         if name.contains('_') {
-            return self.is_identity_name(&dashed(name));
+            let name = dashed(name);
+            return self.is_identity_name(&name) || FORWARDING.contains(&name.as_str());
         }
         self.is_identity_name(name)
     }
@@ -166,12 +174,17 @@ fn claim_value(name: &str, v: &Value) -> Result<Option<HeaderValue>, TokenError>
         Value::Null => return Ok(None),
         Value::String(s) if name == "roles" && s.contains(',') => return Err(TokenError::BadClaimValue),
         Value::String(s) => s.clone(),
+        Value::Number(n) if !exact(n) => return Err(TokenError::BadClaimValue),
+        // A roles object would reach the upstream as JSON text holding
+        // commas, read as a list of roles authgate never saw.
+        Value::Object(_) if name == "roles" => return Err(TokenError::BadClaimValue),
         Value::Bool(_) | Value::Number(_) | Value::Object(_) => v.to_string(),
         Value::Array(items) => {
             let mut parts = Vec::with_capacity(items.len());
             for item in items {
                 let s = match item {
                     Value::String(s) => s.clone(),
+                    Value::Number(n) if !exact(n) => return Err(TokenError::BadClaimValue),
                     Value::Bool(_) | Value::Number(_) => item.to_string(),
                     _ => return Err(TokenError::BadClaimValue),
                 };
@@ -184,6 +197,20 @@ fn claim_value(name: &str, v: &Value) -> Result<Option<HeaderValue>, TokenError>
         }
     };
     header_value(&text).map(Some)
+}
+
+/// Whether a number reaches the upstream as the token wrote it: integers
+/// within 64 bits are kept exactly, and so is a float within 2^53; a
+/// larger float may be an integer the JSON parser rounded
+/// (12345678901234567890123 would be sent as 1.2345678901234568e+22).
+fn exact(n: &serde_json::Number) -> bool {
+    n.as_f64().is_some_and(|f| n.is_i64() || n.is_u64() || f.abs() < 9_007_199_254_740_992.0)
+}
+
+/// Whether the gateway would forward `value` as claim `name`'s header, or
+/// refuse a token carrying it (for `authgate token`).
+pub fn forwardable(name: &str, value: &Value) -> bool {
+    claim_value(name, value).is_ok()
 }
 
 #[cfg(test)]
@@ -213,6 +240,14 @@ mod tests {
         // A roles string is one role to authgate; with a comma it would be
         // several to the upstream.
         assert_eq!(claim_value("roles", &json!("admin,user")), Err(TokenError::BadClaimValue));
+        assert_eq!(claim_value("roles", &json!({ "a": "x", "b": "y" })), Err(TokenError::BadClaimValue));
+        // Numbers as the token wrote them, or refused.
+        let big: Value = serde_json::from_str("12345678901234567890123").expect("json");
+        assert_eq!(hv(big.clone()), Err(TokenError::BadClaimValue));
+        assert_eq!(hv(json!([big])), Err(TokenError::BadClaimValue));
+        assert_eq!(hv(json!(18446744073709551615u64)), Ok(Some("18446744073709551615".into())));
+        assert_eq!(hv(json!(-42)), Ok(Some("-42".into())));
+        assert_eq!(hv(json!(1.5)), Ok(Some("1.5".into())));
         assert!(claim_value("roles", &json!("admin")).is_ok());
         assert!(header_value("alice").is_ok());
         assert_eq!(header_value("\talice"), Err(TokenError::BadClaimValue));

@@ -138,6 +138,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "--claim roles={v}: one role cannot hold ','; for several, give a JSON array: --claim 'roles=[\"admin\",\"user\"]'"
                     );
                 }
+                if let Some((_, header)) = config.identity.claim_headers.iter().find(|(c, _)| c == k)
+                    && !authgate::identity::forwardable(k, &value)
+                {
+                    anyhow::bail!(
+                        "--claim {k}: the gateway forwards it as {header} and would refuse this value (a control character, \
+                         whitespace at an end, ',' in an array element, or a number it cannot send exactly)"
+                    );
+                }
                 extra.insert(k.to_string(), value);
             }
             let keys = authgate::keys::load(&config)?;

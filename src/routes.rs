@@ -215,7 +215,7 @@ impl RouteTable {
 }
 
 /// `/a;x/b;y=1` -> `/a/b`; a segment that was only params goes away.
-fn without_segment_params(path: &str) -> String {
+pub(crate) fn without_segment_params(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for seg in path.split('/').skip(1).map(|seg| seg.split(';').next().unwrap_or("")).filter(|seg| !seg.is_empty()) {
         out.push('/');

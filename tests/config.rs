@@ -106,6 +106,28 @@ fn route_paths_must_be_in_the_form_requests_are_matched_in() {
     }
 }
 
+/// What `serve` could not start, or would never use, is a config error
+/// for `check` too: two listeners on one address, a route on a path that
+/// authgate answers itself.
+#[test]
+fn listeners_on_one_address_and_routes_on_authgates_own_paths_are_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = with_server(&config_text(dir.path(), "", ROUTES), "").replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:23448\"");
+    for (lines, key) in [
+        ("admin_listen = \"127.0.0.1:23448\"", "server.admin_listen"),
+        ("http_redirect = \"127.0.0.1:23448\"", "server.http_redirect"),
+        ("http_redirect = \"127.0.0.1:23449\"\nadmin_listen = \"127.0.0.1:23449\"", "server.admin_listen"),
+    ] {
+        let line = assert_config_error(&check(dir.path(), &with_server(&text, lines), &[]), dir.path(), key);
+        assert!(line.contains("address too"), "{line}");
+    }
+    for own in ["/.well-known/jwks.json", "/auth/verify"] {
+        let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"echo\"\n\n[[routes]]\npath = \"{own}\"\nupstream = \"echo\"\n");
+        let line = assert_config_error(&check(dir.path(), &config_text(dir.path(), "", &routes), &[]), dir.path(), "routes[1].path");
+        assert!(line.contains("answered by authgate itself"), "{line}");
+    }
+}
+
 /// One header, one meaning: a claim on the subject's header would make
 /// `X-Auth-Subject` carry whatever that claim says. And a header that
 /// frames the message, or that authgate sets itself, is never one.
@@ -273,6 +295,13 @@ fn hs256_token_is_minted_from_the_env_secret() {
         &[(var, secret)],
     );
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // Any value of a forwarded claim that the gateway would refuse.
+    for claim in [r#"roles=["a,b"]"#, r#"roles=[" admin"]"#, "roles= admin", "email= a", "email=a\tb", r#"roles={"a":1}"#] {
+        let out = run(&["token", "--sub", "alice", "--claim", claim, "--config", file.to_str().expect("utf-8")], &[(var, secret)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--claim {claim:?}: {stderr}");
+        assert!(stderr.contains("would refuse") || stderr.contains("one role cannot hold"), "--claim {claim:?}: {stderr}");
+    }
 }
 
 #[test]

@@ -41,7 +41,8 @@ async fn x_forwarded_headers_are_set() {
     let gw = Gateway::start("", &route_to(&up, "public")).await;
     let req = "GET /f?a=1&b=two%20words HTTP/1.1\r\nHost: app.example.com\r\nX-Forwarded-For: 203.0.113.7\r\n\
                X-Forwarded-Proto: http\r\nX-Forwarded-Host: evil.example\r\nForwarded: for=198.51.100.9;host=evil.example;proto=http\r\n\
-               X-Real-IP: 10.9.9.9\r\nX-Real-IP: 10.8.8.8\r\nConnection: close\r\n\r\n";
+               X-Real-IP: 10.9.9.9\r\nX-Real-IP: 10.8.8.8\r\nX_Real_IP: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\n\
+               X_Forwarded_Proto: http\r\nx_forwarded-host: evil.example\r\nConnection: close\r\n\r\n";
     let resp = raw_request(&gw, req.as_bytes(), Duration::from_secs(10)).await;
     assert_eq!(status_of(&resp), 200, "{resp}");
     let seen = up.last();
@@ -58,6 +59,11 @@ async fn x_forwarded_headers_are_set() {
     // A client's X-Real-IP names the client as authgate knows it (the
     // peer: it is not a trusted proxy), once.
     assert_eq!(seen.headers.get_all("x-real-ip").iter().collect::<Vec<_>>(), ["127.0.0.1"]);
+    // Spelt with `_`, they are the same headers to a CGI-style upstream
+    // (HTTP_X_REAL_IP): removed.
+    for h in ["x_real_ip", "x_forwarded_for", "x_forwarded_proto", "x_forwarded-host"] {
+        assert!(seen.headers.get(h).is_none(), "{h} reached the upstream");
+    }
     assert_eq!(seen.query.as_deref(), Some("a=1&b=two%20words"));
     // The upstream's Host is the upstream, not the client's.
     assert_eq!(seen.headers["host"], up.addr.to_string().as_str());

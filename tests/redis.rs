@@ -109,6 +109,27 @@ async fn a_token_revoked_through_one_replica_is_refused_by_the_other_within_a_se
     }
 }
 
+/// A token whose `exp` lies beyond what Redis takes as an expiry (about
+/// 9.2e15 s; `authgate token --ttl 200000000000d`, or an IdP's) is still
+/// revocable: the revocation is kept for a century. It was a 503, and the
+/// token stayed valid on every replica.
+#[tokio::test]
+async fn a_token_that_expires_after_redis_can_count_is_still_revocable() {
+    let Some(redis) = redis_or_skip("a_token_that_expires_after_redis_can_count_is_still_revocable") else { return };
+    let dir = shared();
+    let a = replica(dir.path(), &redis, GENEROUS).await;
+    let b = replica(dir.path(), &redis, GENEROUS).await;
+    let forever = Duration::from_secs(200_000_000_000 * 86_400);
+    let token = a.app().signer.as_ref().expect("signer").sign("alice", &serde_json::Map::new(), forever).expect("sign").token;
+    assert_eq!(call(&b, &token).await, 200);
+    assert_eq!(post(&a, &[("token", &token)]).await.status(), 200);
+    assert_eq!(call(&a, &token).await, 401);
+    eventually(Duration::from_secs(1), "replica B refuses the revoked token", async || call(&b, &token).await == 401).await;
+    for gw in [a, b] {
+        gw.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn the_login_limit_spent_through_one_replica_is_spent_for_the_other() {
     let Some(redis) = redis_or_skip("the_login_limit_spent_through_one_replica_is_spent_for_the_other") else { return };

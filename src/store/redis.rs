@@ -356,8 +356,19 @@ impl RedisStore {
     }
 }
 
+/// The furthest a key's expiry is set: a hundred years. Redis refuses an
+/// expiry beyond about 9.2e15 s ("invalid expire time"), and a token with
+/// a larger `exp` (an IdP's, or `--ttl 200000000000d`) must still be
+/// revocable: its revocation is kept for a century instead.
+const MAX_EXPIRY_SECS: u64 = 100 * 365 * 86_400;
+
+fn expiry(at: u64, now: u64) -> u64 {
+    at.min(now.saturating_add(MAX_EXPIRY_SECS))
+}
+
 impl Store for RedisStore {
     fn create_family(&self, family: &str, sub: &str, token: &TokenHash, now: u64, expires: u64) -> Result<()> {
+        let expires = expiry(expires, now);
         let (fk, rk, sk) = (key(&["fam:", family]), token_key(token), key(&["subfam:", sub]));
         self.run(|c| self.scripts.create_family.key(&fk).key(&rk).key(&sk).arg(family).arg(sub).arg(expires).arg(now).invoke::<i64>(c))?;
         Ok(())
@@ -387,6 +398,7 @@ impl Store for RedisStore {
     fn revoke_jti(&self, jti: &str, until: u64) -> Result<()> {
         let (jk, seq, log, exp) = (key(&["jti:", jti]), key(&["seq"]), key(&["jti_log"]), key(&["jti_exp"]));
         let now = crate::jwt::now_secs();
+        let until = expiry(until, now);
         self.run(|c| {
             self.scripts.revoke_jti.key(&jk).key(&seq).key(&log).key(&exp).arg(jti).arg(until).arg(now).arg(CHANNEL).invoke::<i64>(c)
         })?;
