@@ -233,8 +233,10 @@ impl App {
         // The token in authgate's cookies never reaches an upstream.
         cookies::strip(req.headers_mut());
 
+        // The target's authority when it has one (HTTP/2, or an HTTP/1.1
+        // absolute-form target, whose Host RFC 9112 §3.2.2 says to ignore).
         let host =
-            req.headers().get(header::HOST).cloned().or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+            req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()).or_else(|| req.headers().get(header::HOST).cloned());
         let fwd = Forwarded { peer: t.peer, client: t.client, host: host.as_ref() };
         let upgrade = proxy::wants_upgrade(&req).then(|| req.headers().get(header::UPGRADE).cloned()).flatten();
         proxy::rewrite_headers(req.headers_mut(), &fwd, upgrade, self.config.identity.forward_authorization);
@@ -519,9 +521,10 @@ fn forwarded_ip(entry: &str) -> Option<IpAddr> {
         .or_else(|| entry.strip_prefix('[')?.strip_suffix(']')?.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))
 }
 
-/// The host the client addressed: `Host`, or the HTTP/2 `:authority`.
+/// The host the client addressed: the target's authority (HTTP/2's
+/// `:authority`, an absolute-form target's), else `Host`.
 pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().authority().map(|a| a.as_str()))
+    req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
 }
 
 fn millis(d: Duration) -> f64 {

@@ -202,6 +202,8 @@ async fn absolute_form_targets_route_on_their_path_and_go_to_the_configured_upst
         forwarded_once(&gw, &up, "absolute public", &format!("GET http://evil.example/p?x=1 HTTP/1.1\r\n{H}\r\n"), "GET", "/p", 0).await;
     assert_eq!(s.query.as_deref(), Some("x=1"));
     assert_eq!(s.headers["host"], up.addr.to_string().as_str());
+    // RFC 9112 §3.2.2: the target's authority, not Host, is the host asked for.
+    assert_eq!(s.headers["x-forwarded-host"], "evil.example");
     gw.stop().await;
 }
 
