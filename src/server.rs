@@ -157,6 +157,7 @@ pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdo
         };
         let Some((tcp, peer)) = accept(&listener, &mut shutdown).await else { break };
         let _ = tcp.set_nodelay(true);
+        limit_unsent(&tcp);
         let open = app.load().metrics.connection();
         let tls_config = tls.load_full();
         // Shared with an upgraded connection, which may outlive this task.
@@ -411,6 +412,26 @@ where
         }
     }
     false
+}
+
+/// At most this much of a response waits in the kernel unsent, per client
+/// connection (TCP_NOTSENT_LOWAT).
+const UNSENT_BYTES: u32 = 64 * 1024;
+
+/// Keeps a client connection's unsent bytes in the kernel to
+/// `UNSENT_BYTES`, so that a client that reads slowly keeps the response
+/// moving: without it the send buffer autotunes to megabytes, the socket
+/// turns writable only when half of that has drained, and a client reading
+/// 50 KB/s looked stalled for longer than `idle_timeout` and was cut off
+/// mid-download. With it, each 32 KB the client takes lets the next write
+/// through. Small responses never come near it.
+fn limit_unsent(tcp: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(error) = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(UNSENT_BYTES) {
+        tracing::debug!(%error, "cannot set TCP_NOTSENT_LOWAT");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, UNSENT_BYTES);
 }
 
 /// The next connection, or None once `shutdown` resolves. An accept error

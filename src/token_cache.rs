@@ -21,7 +21,17 @@ const SHARDS: usize = 16;
 /// client cannot choose them. And only the token's length and last 16
 /// bytes are hashed (`Tail`): they are its signature's, as good as random
 /// for a verified token. Equality still compares every byte.
-type Shard = HashMap<Box<[u8]>, Arc<Identity>, Tail>;
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Box<[u8]>, Arc<Identity>, Tail>,
+    /// The tokens' bytes: with tokens near the 8 KB limit, the count alone
+    /// let the cache grow to 150 MB.
+    bytes: usize,
+}
+
+/// The cache's budget for token bytes, all shards together. A cached
+/// identity holds the token's claims too, about as much again.
+const MAX_TOKEN_BYTES: usize = 8 * 1024 * 1024;
 
 /// A `BuildHasher` that hashes a byte string's last 16 bytes (and, as
 /// `Hash` for `[u8]` writes it first, its length) with foldhash.
@@ -73,9 +83,10 @@ impl TokenCache {
             return None;
         }
         let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
-        let id = shard.get(token)?;
+        let id = shard.map.get(token)?;
         if now >= id.exp().saturating_add(leeway) {
-            shard.remove(token);
+            shard.map.remove(token);
+            shard.bytes = shard.bytes.saturating_sub(token.len());
             return None;
         }
         Some(id.clone())
@@ -86,16 +97,24 @@ impl TokenCache {
             return;
         }
         let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
-        if shard.len() >= self.per_shard {
+        if shard.map.len() >= self.per_shard || shard.bytes + token.len() > MAX_TOKEN_BYTES / SHARDS {
             // Full: start the shard over. Cheaper than tracking recency, and
             // a miss only costs one signature check.
-            shard.clear();
+            shard.map.clear();
+            shard.bytes = 0;
         }
-        shard.insert(token.into(), identity);
+        if shard.map.insert(token.into(), identity).is_none() {
+            shard.bytes += token.len();
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum()
+        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.map.len())).sum()
+    }
+
+    /// The cached tokens' bytes.
+    pub fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map_or(0, |m| m.bytes)).sum()
     }
 
     pub fn is_empty(&self) -> bool {

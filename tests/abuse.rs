@@ -248,6 +248,37 @@ async fn five_hundred_idle_connections_do_not_slow_others_down() {
     gw.stop().await;
 }
 
+/// A client that reads slowly but steadily (a phone on a poor link) keeps
+/// its download, however short `idle_timeout`: the response keeps moving.
+/// The kernel's send buffer used to autotune to megabytes and report the
+/// socket writable only once half of it had drained, so a client reading
+/// 1 MB/s looked stalled for over a second and was cut off mid-response.
+#[tokio::test]
+async fn a_client_that_reads_slowly_keeps_its_download() {
+    const SIZE: usize = 6 * 1024 * 1024;
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "idle_timeout = \"1s\"").await;
+    let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+    tcp.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    let tcp = tcp.connect(gw.addr).await.expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(rustls_client(&gw.cert_path(), &[b"http/1.1"]));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut s = connector.connect(name, tcp).await.expect("TLS");
+    s.write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await.expect("request");
+    // About 1 MB/s: 16 KB every 16 ms.
+    let (mut got, mut buf, t) = (0usize, vec![0u8; 16 * 1024], Instant::now());
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Err(_) => panic!("stalled after {got} bytes"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+        }
+        tokio::time::sleep(Duration::from_millis(16)).await;
+    }
+    assert!(got > SIZE, "cut off after {got} of {SIZE} bytes ({:?}); idle_timeout is 1 s", t.elapsed());
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_does_not_hold_memory_or_others() {
     const BIG: usize = 300 * 1024 * 1024;

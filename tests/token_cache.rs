@@ -66,3 +66,28 @@ async fn a_tampered_copy_of_a_cached_token_is_not_served_from_the_cache() {
     assert_eq!(r.status(), 401);
     gw.stop().await;
 }
+
+/// The cache is bounded by bytes as well as by count: tokens near the
+/// 8 KB limit filled it to about 150 MB of memory within its count.
+#[tokio::test]
+async fn the_cache_holds_at_most_8_mib_of_tokens_however_long_they_are() {
+    let gw = gateway().await;
+    let app = gw.app();
+    let signer = app.signer.as_ref().expect("signer");
+    let pad = "x".repeat(5_500);
+    let now = authgate::jwt::now_secs();
+    let mut total = 0usize;
+    for i in 0..2_000 {
+        let claims = serde_json::json!({ "pad": pad }).as_object().cloned().expect("object");
+        let token = signer.sign(&format!("user-{i}"), &claims, Duration::from_secs(600)).expect("sign").token;
+        assert!(token.len() > 7_000 && token.len() < 8_192, "{}", token.len());
+        total += token.len();
+        let id = app.verifier.verify(&token, now).expect("valid");
+        app.token_cache.insert(token.as_bytes(), std::sync::Arc::new(id));
+    }
+    assert!(total > 14 << 20, "{total}");
+    let held = app.token_cache.bytes();
+    assert!(held <= 8 << 20, "the cache holds {held} bytes of tokens");
+    assert!(app.token_cache.len() > 100, "and still caches: {}", app.token_cache.len());
+    gw.stop().await;
+}
