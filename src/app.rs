@@ -20,7 +20,7 @@ use crate::cors::Cors;
 use crate::error::{GatewayError, TokenError};
 use crate::identity::IdentityRules;
 use crate::jwt::{Identity, Signer, Verifier, now_secs};
-use crate::log_format::Ip;
+use crate::log_format::{Ip, LogPath};
 use crate::login::Endpoint;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Forwarded};
@@ -174,17 +174,11 @@ impl App {
         }
         let route = t.route.as_ref().unwrap_or(&self.metrics.none);
         self.metrics.request(route, resp.status().as_u16());
-        // Without `;` parameters, which can hold a session id
-        // (`;jsessionid=`), as the query string can.
-        let path = match t.path.contains(';') {
-            true => std::borrow::Cow::Owned(crate::routes::without_segment_params(&t.path)),
-            false => std::borrow::Cow::Borrowed(t.path.as_str()),
-        };
         tracing::info!(
             target: ACCESS_LOG,
             client = %Ip(t.client),
             method = %method,
-            path = %path,
+            path = %LogPath(&t.path),
             route = %route,
             status = resp.status().as_u16(),
             sub = t.identity.as_deref().map(Identity::sub),

@@ -218,6 +218,21 @@ impl fmt::Display for Sources<'_> {
     }
 }
 
+/// Displays a request path for the access log without its `;` segment
+/// parameters, which can hold a session id (`;jsessionid=`) as the query
+/// string can: `/app;jsessionid=1/x` as `/app/x`. Only formatted when the
+/// access log is on.
+pub struct LogPath<'a>(pub &'a str);
+
+impl fmt::Display for LogPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.0.contains(';') {
+            return f.write_str(self.0);
+        }
+        f.write_str(&crate::routes::without_segment_params(self.0))
+    }
+}
+
 /// Displays an IP address as `IpAddr` does; an IPv4 address (every client
 /// in the access log, mostly) without the formatting machinery behind
 /// `u8`'s `Display`, which cost as much as the rest of the line's fields.
