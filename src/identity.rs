@@ -204,7 +204,7 @@ fn claim_value(name: &str, v: &Value) -> Result<Option<HeaderValue>, TokenError>
 /// larger float may be an integer the JSON parser rounded
 /// (12345678901234567890123 would be sent as 1.2345678901234568e+22).
 fn exact(n: &serde_json::Number) -> bool {
-    n.as_f64().is_some_and(|f| n.is_i64() || n.is_u64() || f.abs() < 9_007_199_254_740_992.0)
+    n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.abs() < 9_007_199_254_740_992.0)
 }
 
 /// Whether the gateway would forward `value` as claim `name`'s header, or

@@ -196,14 +196,7 @@ async fn attempts_refused_for_their_address_do_not_spend_the_usernames_limit_on_
     assert_eq!(statuses, [400, 400, 429, 429, 429, 429], "the address's limit of 2 holds across the replicas");
     // The same user from another address, with the right password: two
     // of alice's four attempts are spent, not four.
-    let pem = std::fs::read(a.cert_path()).expect("cert");
-    let elsewhere = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("cert pem")])
-        .resolve("localhost", "127.0.0.1:0".parse().expect("addr"))
-        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
-        .no_proxy()
-        .build()
-        .expect("client");
+    let elsewhere = client_from(&a.cert_path(), std::net::IpAddr::from([127, 0, 0, 2]));
     let form = [("username", "alice"), ("password", "pw-alice")];
     let r = elsewhere.post(a.url("/token")).form(&form).send().await.expect("send");
     assert_eq!(r.status(), 200, "alice's limit was spent by another address's refused attempts");

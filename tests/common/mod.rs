@@ -266,16 +266,26 @@ impl Gateway {
 /// A reqwest client over real TLS that trusts only the gateway's certificate.
 /// `localhost` resolves to 127.0.0.1 so the name matches the certificate.
 pub fn client_for(cert: &Path, http2_only: bool) -> reqwest::Client {
-    let pem = std::fs::read(cert).expect("read cert");
-    let mut b = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("cert pem")])
-        .resolve("localhost", "127.0.0.1:0".parse().expect("addr"))
-        .timeout(Duration::from_secs(30))
-        .no_proxy();
+    let mut b = client_builder(cert);
     if http2_only {
         b = b.http2_prior_knowledge();
     }
     b.build().expect("client")
+}
+
+/// A client whose connections come from `local` (another loopback
+/// address, say `127.0.0.2`): a second client address without a proxy.
+pub fn client_from(cert: &Path, local: std::net::IpAddr) -> reqwest::Client {
+    client_builder(cert).local_address(local).build().expect("client")
+}
+
+fn client_builder(cert: &Path) -> reqwest::ClientBuilder {
+    let pem = std::fs::read(cert).expect("read cert");
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("cert pem")])
+        .resolve("localhost", "127.0.0.1:0".parse().expect("addr"))
+        .timeout(Duration::from_secs(30))
+        .no_proxy()
 }
 
 /// Reads a JSON response body, panicking with the text when it is not JSON.
