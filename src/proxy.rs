@@ -308,9 +308,14 @@ impl http_body::Body for TimedBody {
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    // Credit for the bytes, but never more than `body_timeout`
+                    // from now: a burst must not buy a stall of hours (64 KB
+                    // at 500 B/s would be two minutes, 10 MB nearly six hours).
                     let more = this.per_byte.saturating_mul(u32::try_from(data.len()).unwrap_or(u32::MAX));
-                    let later = deadline.deadline() + more;
-                    deadline.as_mut().reset(later);
+                    let later = (deadline.deadline() + more).min(tokio::time::Instant::now() + timeout);
+                    if later > deadline.deadline() {
+                        deadline.as_mut().reset(later);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

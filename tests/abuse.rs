@@ -125,6 +125,25 @@ async fn a_body_trickled_a_byte_a_second_is_cut_off_with_408() {
     gw.stop().await;
 }
 
+/// A fast start earns no long stall: 64 KB at once would be worth two
+/// minutes at `body_min_rate` 500, yet a client that then stops sending
+/// is cut off `body_timeout` after its last bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_then_a_stall_is_cut_off_body_timeout_after_the_last_bytes() {
+    let up = Upstream::start().await;
+    let gw = gateway(&up, "upstream_timeout = \"60s\"\nbody_timeout = \"2s\"\nbody_min_rate = 500").await;
+    let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 200000\r\n\r\n").await.expect("head");
+    s.write_all(&vec![b'b'; 65536]).await.expect("burst");
+    s.flush().await.expect("flush");
+    let stalled = Instant::now();
+    let answer = read_until(&mut s, "\r\n\r\n", Duration::from_secs(15)).await;
+    let took = stalled.elapsed();
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(took < Duration::from_secs(6), "408 only after {took:?}");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_but_steady_body_above_the_minimum_rate_goes_through() {
     let up = Upstream::start().await;
