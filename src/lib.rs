@@ -63,6 +63,9 @@ pub struct Carried {
     /// The open store and how far the denylist has read it; None when
     /// `[store]` changed and the new one must be opened.
     pub store: Option<(Arc<dyn store::Store>, store::Cursor)>,
+    /// The users file the running App loaded, as fingerprints: a reload
+    /// compares the new file with it where the store holds nothing.
+    pub users: Option<std::collections::HashMap<String, store::TokenHash>>,
 }
 
 /// `build_app`, keeping what `carried` holds instead of starting afresh.
@@ -77,7 +80,8 @@ pub fn build_app_with(config: config::Config, carried: Option<Carried>) -> anyho
         Some(l) => {
             let users = users::load(&l.users_file)?;
             // A changed password, a disabled or a removed user ends their sessions.
-            for sub in store::sync_users(store.as_ref(), &users, jwt::now_secs() + 1)? {
+            let previous = carried.as_ref().and_then(|c| c.users.as_ref());
+            for sub in store::sync_users(store.as_ref(), &users, previous, jwt::now_secs() + 1)? {
                 tracing::warn!(%sub, "user changed, disabled or removed in the users file: their tokens are revoked");
             }
             warn_demo_user(&config, l, &users);

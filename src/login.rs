@@ -169,10 +169,34 @@ async fn password_grant(app: &App, login: &Login, client: IpAddr, form: &HashMap
     let (family, token_hash, now) = (random_id(16), hash_token(&refresh), now_secs());
     let expires = now.saturating_add(login.config.refresh_ttl.as_secs());
     let sub = user.username.clone();
-    store::blocking(&app.store, move |s| s.create_family(&family, &sub, &token_hash, now, expires)).await.map_err(unavailable)?;
+    let fam = family.clone();
+    store::blocking(&app.store, move |s| s.create_family(&fam, &sub, &token_hash, now, expires)).await.map_err(unavailable)?;
+    if app.store.shared_limits() && !current_entry(app, user).await? {
+        // Another replica has loaded a newer users file (or an older one):
+        // a password it no longer takes must not open a session here.
+        store::blocking(&app.store, move |s| s.revoke_family(&family)).await.map_err(unavailable)?;
+        tracing::warn!(
+            %client,
+            sub = %user.username,
+            "login refused: another replica loaded a different entry for this user from the users file; reload this one (SIGHUP)"
+        );
+        return Err(BAD_CREDENTIALS);
+    }
     let access = mint(app, user).await?;
     tracing::info!(%client, sub = %user.username, "login");
     Ok(token_response(app, access, &refresh))
+}
+
+/// Is this replica's entry for `user` the one the shared store last
+/// recorded? Replicas of a rolling update hold different users files for a
+/// while; the first to load a change records it (`store::sync_users`). No
+/// record (a store that lost its data) is no evidence either way. Checked
+/// after the session's family exists, so that a change recorded meanwhile
+/// is either seen here or ends that family with its cut-off.
+async fn current_entry(app: &App, user: &crate::users::User) -> Result<bool, GatewayError> {
+    let (name, fp) = (user.username.clone(), user.fingerprint());
+    let stored = store::blocking(&app.store, move |s| s.user_fingerprint(&name)).await.map_err(unavailable)?;
+    Ok(stored.is_none_or(|s| s == fp))
 }
 
 async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>, jar: &Jar) -> Result<Response<Body>, GatewayError> {

@@ -55,8 +55,12 @@ impl Reloader {
         let old = self.app.load_full();
         let file = old.config.file.clone();
         let cursor = *old.revocation_cursor.lock().unwrap_or_else(|p| p.into_inner());
-        let carried =
-            crate::Carried { metrics: old.metrics.clone(), denylist: old.denylist.clone(), store: Some((old.store.clone(), cursor)) };
+        let carried = crate::Carried {
+            metrics: old.metrics.clone(),
+            denylist: old.denylist.clone(),
+            store: Some((old.store.clone(), cursor)),
+            users: old.login.as_ref().map(|l| l.users.fingerprints()),
+        };
         let old_store = old.config.store.clone();
         // Reading files, hashing keys and syncing users with the store block.
         let (mut app, mut tls) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {

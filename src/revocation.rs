@@ -47,6 +47,16 @@ impl Denylist {
         write(&self.jtis).retain(|_, exp| *exp >= now);
     }
 
+    /// Every revoked jti with the time it is refused until.
+    pub fn jtis(&self) -> Vec<(String, u64)> {
+        read(&self.jtis).iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Every subject's cut-off.
+    pub fn cutoffs(&self) -> Vec<(String, u64)> {
+        read(&self.cutoffs).iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
     pub fn len(&self) -> usize {
         read(&self.jtis).len() + read(&self.cutoffs).len()
     }

@@ -140,6 +140,11 @@ impl Users {
         self.by_name.values()
     }
 
+    /// username -> [`User::fingerprint`], for every user.
+    pub fn fingerprints(&self) -> HashMap<String, [u8; 32]> {
+        self.iter().map(|u| (u.username.clone(), u.fingerprint())).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_name.len()
     }

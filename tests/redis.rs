@@ -289,3 +289,98 @@ async fn redis_down_fails_logins_fast_keeps_the_proxy_serving_and_recovers_by_it
     a.stop().await;
     b.stop().await;
 }
+
+/// The users file with `alice`'s password changed to `password`.
+fn change_alice(shared: &Path, password: &str) {
+    let file = shared.join("users.toml");
+    let text = std::fs::read_to_string(&file).expect("users");
+    let start = text.find("password_hash = \"").expect("alice's hash") + "password_hash = \"".len();
+    let end = start + text[start..].find('"').expect("end of the hash");
+    std::fs::write(&file, format!("{}{}{}", &text[..start], quick_hash(password), &text[end..])).expect("write users");
+}
+
+/// Redis restarted without persistence forgets every revocation, cut-off and
+/// user record. The replicas still know them and write them back, so a
+/// replica started afterwards refuses what the others refuse, and a
+/// password changed afterwards still ends the sessions opened before.
+#[tokio::test]
+async fn after_redis_loses_its_data_the_replicas_write_back_what_they_know() {
+    let Some(mut redis) = redis_or_skip("after_redis_loses_its_data_the_replicas_write_back_what_they_know") else { return };
+    let dir = shared();
+    let a = replica(dir.path(), &redis, GENEROUS).await;
+    let b = replica(dir.path(), &redis, GENEROUS).await;
+    let (alice, _) = tokens(&a, "alice", "pw-alice").await;
+    let (bob, _) = tokens(&a, "bob", "pw-bob").await;
+    // bob's token by its jti; every token of alice by a cut-off (as `authgate revoke --sub`).
+    assert_eq!(post(&a, &[("token", &bob)]).await.status(), 200);
+    let store = a.app().store.clone();
+    let cutoff = authgate::jwt::now_secs() + 1;
+    tokio::task::spawn_blocking(move || store.revoke_subject("alice", cutoff)).await.expect("join").expect("revoke alice");
+    for gw in [&a, &b] {
+        eventually(Duration::from_secs(2), "both revocations apply", async || call(gw, &bob).await == 401 && call(gw, &alice).await == 401)
+            .await;
+    }
+
+    redis.restart();
+    let store = a.app().store.clone();
+    eventually(Duration::from_secs(10), "the replicas wrote their revocations back", async || {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let log = store.revocations_since(authgate::store::Cursor::default()).ok()?;
+            Some(!log.jtis.is_empty() && store.subject_cutoff("alice").ok()?.is_some())
+        })
+        .await
+        .expect("join")
+        .unwrap_or(false)
+    })
+    .await;
+    // A replica started now has only Redis to learn from.
+    let c = replica(dir.path(), &redis, GENEROUS).await;
+    assert_eq!(call(&c, &bob).await, 401, "a revoked token is accepted by a replica started after Redis lost its data");
+    assert_eq!(call(&c, &alice).await, 401, "a token before a cut-off is accepted by a replica started after Redis lost its data");
+
+    // A session opened after the restart, then alice's password changes:
+    // the reload sees the change (the users' records were written back too).
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past alice's cut-off
+    let (access, refresh_token) = tokens(&b, "alice", "pw-alice").await;
+    assert_eq!(call(&c, &access).await, 200);
+    change_alice(dir.path(), "pw-alice-2");
+    a.running().reload().await.expect("reload a");
+    for gw in [&a, &b, &c] {
+        eventually(Duration::from_secs(2), "the old session ends everywhere", async || call(gw, &access).await == 401).await;
+    }
+    assert_eq!(refresh(&c, &refresh_token).await.status(), 400);
+    for gw in [a, b, c] {
+        gw.stop().await;
+    }
+}
+
+/// A rolling update: one replica has loaded alice's new password, another
+/// still runs the old file. The old password must not open a session on
+/// the stale replica: the first replica's reload would not end it, and the
+/// stale one's own reload sees the file it loads already recorded.
+#[tokio::test]
+async fn during_a_rolling_reload_the_old_password_opens_no_session_on_a_stale_replica() {
+    let Some(redis) = redis_or_skip("during_a_rolling_reload_the_old_password_opens_no_session_on_a_stale_replica") else { return };
+    let dir = shared();
+    let a = replica(dir.path(), &redis, GENEROUS).await;
+    let b = replica(dir.path(), &redis, GENEROUS).await;
+    let (before, _) = tokens(&b, "alice", "pw-alice").await;
+    change_alice(dir.path(), "pw-alice-2");
+    a.running().reload().await.expect("reload a");
+    eventually(Duration::from_secs(2), "the session from before ends on b", async || call(&b, &before).await == 401).await;
+
+    assert_eq!(login(&a, "alice", "pw-alice").await.status(), 400);
+    let stale = login(&b, "alice", "pw-alice").await;
+    assert_eq!(stale.status(), 400, "the stale replica opened a session with the old password");
+    assert_eq!(json(stale).await["error"], "invalid_grant");
+    // Other users are not affected, and the new password works where it is known.
+    tokens(&b, "bob", "pw-bob").await;
+    let (after, _) = tokens(&a, "alice", "pw-alice-2").await;
+    // b catches up: the new password works there, and the session opened on a survives it.
+    b.running().reload().await.expect("reload b");
+    tokens(&b, "alice", "pw-alice-2").await;
+    assert_eq!(call(&b, &after).await, 200);
+    a.stop().await;
+    b.stop().await;
+}

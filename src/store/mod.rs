@@ -54,6 +54,17 @@ pub struct Cursor {
     pub epoch: u64,
 }
 
+/// What a gateway writes back to a store that lost its data ([`Store::restore`]).
+#[derive(Debug, Default)]
+pub struct Restore {
+    /// (jti, refuse until unix seconds)
+    pub jtis: Vec<(String, u64)>,
+    /// (sub, cut-off unix seconds)
+    pub cutoffs: Vec<(String, u64)>,
+    /// (username, fingerprint) of the users file this gateway loaded.
+    pub users: Vec<(String, TokenHash)>,
+}
+
 /// One login limit to charge in a shared store: a GCRA cell of `burst`
 /// attempts, one more every `interval`.
 #[derive(Debug, Clone)]
@@ -94,6 +105,19 @@ pub trait Store: Send + Sync {
     fn user_fingerprints(&self) -> Result<Vec<(String, TokenHash)>>;
     /// Records (Some) or forgets (None) a user's fingerprint.
     fn set_user_fingerprint(&self, username: &str, fingerprint: Option<&TokenHash>) -> Result<()>;
+    /// The fingerprint the store holds for one user.
+    fn user_fingerprint(&self, username: &str) -> Result<Option<TokenHash>> {
+        Ok(self.user_fingerprints()?.into_iter().find_map(|(name, fp)| (name == username).then_some(fp)))
+    }
+    /// Writes back what a gateway still knows after the store lost its data
+    /// (a Redis restarted without persistence: its epoch changed): revoked
+    /// jtis, cut-offs, and fingerprints of users the store has none for.
+    /// Nothing is revoked anew: a cut-off or a jti's time only grows, and
+    /// refresh families are left alone. Only a store that can lose its
+    /// data while a gateway runs does anything.
+    fn restore(&self, _lost: &Restore) -> Result<()> {
+        Ok(())
+    }
     /// Removes expired revocations and refresh families; returns how many.
     fn prune(&self, now: u64) -> Result<u64>;
     /// Is the store reachable and answering? (`/readyz`)
@@ -166,27 +190,50 @@ pub fn next_cutoff(current: u64, cutoff: u64) -> u64 {
 /// Compares the users file with what the store remembers of it: a user whose
 /// password hash changed, who was disabled, or who was removed gets a
 /// cut-off at `cutoff` (their tokens and refresh families end). Returns them.
-pub fn sync_users(store: &dyn Store, users: &crate::users::Users, cutoff: u64) -> Result<Vec<String>> {
-    let known: HashMap<String, TokenHash> = store.user_fingerprints()?.into_iter().collect();
+///
+/// Each cut-off is at least the second after its own write, however long
+/// the file takes to go through.
+///
+/// `previous` is the file this gateway ran with until now (a reload): it
+/// stands in for a user the store holds nothing for, as after a Redis that
+/// lost its data, so that a change is still seen.
+///
+/// The new fingerprint is written before the cut-off. Another replica that
+/// still runs the old file checks the stored fingerprint after it opens a
+/// session (`login::password_grant`): either it sees the new one and undoes
+/// the login, or its session was opened before this cut-off and is ended by it.
+pub fn sync_users(
+    store: &dyn Store,
+    users: &crate::users::Users,
+    previous: Option<&HashMap<String, TokenHash>>,
+    cutoff: u64,
+) -> Result<Vec<String>> {
+    let stored: HashMap<String, TokenHash> = store.user_fingerprints()?.into_iter().collect();
+    let mut known = stored.clone();
+    for (name, fp) in previous.into_iter().flatten() {
+        known.entry(name.clone()).or_insert(*fp);
+    }
     let mut revoked = Vec::new();
     let mut present = HashSet::new();
     for u in users.iter() {
         present.insert(u.username.as_str());
         let fp = u.fingerprint();
+        if stored.get(&u.username) != Some(&fp) {
+            store.set_user_fingerprint(&u.username, Some(&fp))?;
+        }
         let before = known.get(&u.username);
         if before == Some(&fp) {
             continue;
         }
         if before.is_some() || u.disabled {
-            store.revoke_subject(&u.username, cutoff)?;
+            store.revoke_subject(&u.username, cutoff.max(crate::jwt::now_secs() + 1))?;
             revoked.push(u.username.clone());
         }
-        store.set_user_fingerprint(&u.username, Some(&fp))?;
     }
     for name in known.keys() {
         if !present.contains(name.as_str()) {
-            store.revoke_subject(name, cutoff)?;
             store.set_user_fingerprint(name, None)?;
+            store.revoke_subject(name, cutoff.max(crate::jwt::now_secs() + 1))?;
             revoked.push(name.clone());
         }
     }
@@ -211,6 +258,28 @@ pub fn load_into(store: &dyn Store, denylist: &crate::revocation::Denylist, curs
     Ok(r.cursor)
 }
 
+/// Gives a store that lost its data what this gateway knows; false when
+/// the store refused it (tried again on the next round).
+async fn restore(app: &crate::app::App) -> bool {
+    let now = crate::jwt::now_secs();
+    let mut jtis = app.denylist.jtis();
+    jtis.retain(|(_, until)| *until >= now);
+    let cutoffs = app.denylist.cutoffs();
+    let users = app.login.as_ref().map(|l| l.users.fingerprints().into_iter().collect()).unwrap_or_default();
+    let lost = Restore { jtis, cutoffs, users };
+    let counts = (lost.jtis.len(), lost.cutoffs.len(), lost.users.len());
+    match blocking(&app.store, move |s| s.restore(&lost)).await {
+        Ok(()) => {
+            tracing::info!(jtis = counts.0, cutoffs = counts.1, users = counts.2, "written back to the store");
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot write back to the store yet");
+            false
+        }
+    }
+}
+
 /// The gateway's background upkeep: keeps the in-memory denylist current
 /// with the store (every `SYNC_EVERY`, and at once when the store announces
 /// a revocation) and prunes what has expired. Ends when the app is dropped.
@@ -224,6 +293,9 @@ pub async fn maintain(app: std::sync::Weak<crate::app::App>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = tokio::time::Instant::now();
     let mut failing = false;
+    // The store lost its data and has not yet been given back what this
+    // gateway knows (retried each round until it takes it).
+    let mut lost = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -249,6 +321,12 @@ pub async fn maintain(app: std::sync::Weak<crate::app::App>) {
                     app.denylist.revoke_subject(sub, *cutoff);
                 }
                 *app.revocation_cursor.lock().unwrap_or_else(|p| p.into_inner()) = revocations.cursor;
+                if cursor.epoch != 0 && revocations.cursor.epoch != cursor.epoch {
+                    tracing::warn!(
+                        "the store lost its data (a Redis restarted without persistence): writing back the revocations and users this gateway knows"
+                    );
+                    lost = true;
+                }
                 if pruned > 0 {
                     tracing::debug!(pruned, "expired store entries removed");
                 }
@@ -265,6 +343,9 @@ pub async fn maintain(app: std::sync::Weak<crate::app::App>) {
             Ok(Err(_)) => {}
             Err(error) => tracing::warn!(%error, "store upkeep task failed"),
         }
+        if lost {
+            lost = !restore(&app).await;
+        }
         if prune {
             last_prune = tokio::time::Instant::now();
             app.denylist.prune(crate::jwt::now_secs());
@@ -272,5 +353,40 @@ pub async fn maintain(app: std::sync::Weak<crate::app::App>) {
                 login.limits.prune();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(entries: &[(&str, &str)]) -> crate::users::Users {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text: String =
+            entries.iter().map(|(name, hash)| format!("[[users]]\nusername = \"{name}\"\npassword_hash = \"{hash}\"\n\n")).collect();
+        let file = dir.path().join("users.toml");
+        std::fs::write(&file, text).expect("write");
+        crate::users::load(&file).expect("users")
+    }
+
+    /// A store that lost its data (a Redis restarted without persistence)
+    /// holds no fingerprints: a reload still sees a changed password, and a
+    /// removed user, by the file the gateway ran with until then.
+    #[test]
+    fn a_reload_sees_changes_the_store_forgot() {
+        let (old, new) = (crate::users::hash_password("one").expect("hash"), crate::users::hash_password("two").expect("hash"));
+        let before = users(&[("alice", &old), ("bob", &old), ("carol", &old)]);
+        let after = users(&[("alice", &new), ("bob", &old)]);
+        let store = memory::MemoryStore::default();
+        let mut revoked = sync_users(&store, &after, Some(&before.fingerprints()), 100).expect("sync");
+        revoked.sort();
+        assert_eq!(revoked, ["alice", "carol"]);
+        assert!(store.subject_cutoff("alice").expect("cutoff").is_some());
+        assert_eq!(store.subject_cutoff("bob").expect("cutoff"), None);
+        // The store holds the new file now, so the next reload changes nothing.
+        assert!(sync_users(&store, &after, Some(&after.fingerprints()), 100).expect("sync").is_empty());
+        // With nothing to compare against (a first start), nothing is revoked.
+        let fresh = memory::MemoryStore::default();
+        assert!(sync_users(&fresh, &after, None, 100).expect("sync").is_empty());
     }
 }

@@ -49,6 +49,7 @@ struct Scripts {
     since: Script,
     prune: Script,
     rate: Script,
+    restore: Script,
 }
 
 impl Scripts {
@@ -62,6 +63,7 @@ impl Scripts {
             since: Script::new(SINCE),
             prune: Script::new(PRUNE),
             rate: Script::new(RATE),
+            restore: Script::new(RESTORE),
         }
     }
 }
@@ -169,6 +171,51 @@ for i = 1, #cs, 2 do
 end
 return out
 ";
+
+// What a gateway still knows, written back after Redis lost its data.
+// Only what is missing or older is written (and logged, for the other
+// replicas), so every replica can send the same: the first one's entries
+// stand, the rest change nothing. No family is touched, no cut-off moved
+// past what some replica had.
+// KEYS: seq, jti_log, jti_exp, cutoffs, cutoff_log, users.
+// ARGV: prefix, channel, now, #jtis, (jti, until)..., #cutoffs, (sub, cutoff)..., #users, (name, fingerprint)...
+const RESTORE: &str = r"
+local now = tonumber(ARGV[3])
+local i = 4
+local seq = 0
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local jti, untl = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
+  local old = redis.call('ZSCORE', KEYS[3], jti)
+  if not old or tonumber(old) < untl then
+    local ttl = untl - now
+    if ttl < 1 then ttl = 1 end
+    redis.call('SET', ARGV[1] .. 'jti:' .. jti, string.format('%d', untl), 'EX', ttl)
+    seq = redis.call('INCR', KEYS[1])
+    redis.call('ZADD', KEYS[2], seq, jti)
+    redis.call('ZADD', KEYS[3], untl, jti)
+  end
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  local sub, c = ARGV[i], tonumber(ARGV[i + 1]); i = i + 2
+  local old = redis.call('HGET', KEYS[4], sub)
+  if not old or tonumber(old) < c then
+    redis.call('HSET', KEYS[4], sub, string.format('%d', c))
+    seq = redis.call('INCR', KEYS[1])
+    redis.call('ZADD', KEYS[5], seq, sub)
+  end
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('HSETNX', KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2
+end
+if seq > 0 then redis.call('PUBLISH', ARGV[2], seq) end
+return seq
+";
+
+/// Entries per RESTORE call: a script blocks Redis while it runs.
+const RESTORE_BATCH: usize = 1000;
 
 // KEYS: jti_exp, jti_log. ARGV: now.
 const PRUNE: &str = r"
@@ -464,6 +511,45 @@ impl Store for RedisStore {
         let all: HashMap<String, Vec<u8>> = self.run(|c| redis::cmd("HGETALL").arg(&users).query(c))?;
         // A malformed fingerprint reads as "changed": the safe side.
         Ok(all.into_iter().map(|(name, fp)| (name, fp.try_into().unwrap_or([0u8; 32]))).collect())
+    }
+
+    fn user_fingerprint(&self, username: &str) -> Result<Option<TokenHash>> {
+        let users = key(&["users"]);
+        let fp: Option<Vec<u8>> = self.run(|c| redis::cmd("HGET").arg(&users).arg(username).query(c))?;
+        // A malformed fingerprint reads as "changed": the safe side.
+        Ok(fp.map(|fp| fp.try_into().unwrap_or([0u8; 32])))
+    }
+
+    fn restore(&self, lost: &super::Restore) -> Result<()> {
+        let keys = [key(&["seq"]), key(&["jti_log"]), key(&["jti_exp"]), key(&["cutoffs"]), key(&["cutoff_log"]), key(&["users"])];
+        let now = crate::jwt::now_secs();
+        let (mut jtis, mut cutoffs, mut users) =
+            (lost.jtis.chunks(RESTORE_BATCH), lost.cutoffs.chunks(RESTORE_BATCH), lost.users.chunks(RESTORE_BATCH));
+        loop {
+            let (j, c, u) = (jtis.next().unwrap_or_default(), cutoffs.next().unwrap_or_default(), users.next().unwrap_or_default());
+            if j.is_empty() && c.is_empty() && u.is_empty() {
+                return Ok(());
+            }
+            self.run(|conn| {
+                let mut inv = self.scripts.restore.prepare_invoke();
+                for k in &keys {
+                    inv.key(k);
+                }
+                inv.arg(PREFIX).arg(CHANNEL).arg(now).arg(j.len());
+                for (jti, until) in j {
+                    inv.arg(jti).arg(expiry(*until, now));
+                }
+                inv.arg(c.len());
+                for (sub, cutoff) in c {
+                    inv.arg(sub).arg(*cutoff);
+                }
+                inv.arg(u.len());
+                for (name, fp) in u {
+                    inv.arg(name).arg(&fp[..]);
+                }
+                inv.invoke::<i64>(conn)
+            })?;
+        }
     }
 
     fn set_user_fingerprint(&self, username: &str, fingerprint: Option<&TokenHash>) -> Result<()> {
