@@ -90,6 +90,11 @@ pub async fn handle(
         return Err(oauth("invalid_request", "the body must be application/x-www-form-urlencoded"));
     }
     let jar = Jar::read(app, login, &req);
+    // Login CSRF: with cookies, a grant answered to another site's form
+    // would put the attacker's session into the victim's browser.
+    if endpoint == Endpoint::Token && jar.foreign {
+        return Err(FOREIGN_GRANT);
+    }
     let body = crate::proxy::read_body_limited(req.into_body(), MAX_FORM_BYTES, app.config.server.body_timeout).await?;
     let form = parse_form(&body)?;
     match endpoint {
@@ -110,9 +115,12 @@ struct Jar {
     access: Option<String>,
     refresh: Option<String>,
     origin_ok: bool,
+    /// An `Origin` or `Referer` that is not allowed: a browser on another site.
+    foreign: bool,
 }
 
 const CROSS_ORIGIN: GatewayError = GatewayError::Forbidden("a request authenticated by cookie must come from an allowed Origin");
+const FOREIGN_GRANT: GatewayError = GatewayError::Forbidden("with login cookies, a grant from a browser must come from an allowed Origin");
 
 impl Jar {
     fn read(app: &App, login: &Login, req: &Request<Incoming>) -> Jar {
@@ -120,10 +128,14 @@ impl Jar {
             return Jar::default();
         }
         let h = req.headers();
+        let origin_ok = app.cookie_origin_ok(h, crate::app::request_host(req));
         Jar {
             access: cookies::get(h, cookies::ACCESS).map(String::from),
             refresh: cookies::get(h, cookies::REFRESH).map(String::from),
-            origin_ok: app.cookie_origin_ok(h, crate::app::request_host(req)),
+            origin_ok,
+            // No Origin and no Referer: not a browser (curl, a native app), whose
+            // cookie jar no other site can write into.
+            foreign: !origin_ok && (h.contains_key(header::ORIGIN) || h.contains_key(header::REFERER)),
         }
     }
 }

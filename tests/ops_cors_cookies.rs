@@ -205,6 +205,41 @@ async fn cookie_login_and_the_proxy_accepts_the_cookie_but_never_forwards_it() {
     assert_eq!(r.headers()["x-auth-subject"], "alice");
 }
 
+/// Login CSRF: another site's form posting the attacker's credentials (or
+/// refresh token) must not put the attacker's session into the victim's
+/// browser as cookies. Clients that send no Origin and no Referer (curl,
+/// native apps) and the allowed origins log in as before.
+#[tokio::test]
+async fn with_login_cookies_a_grant_from_another_site_is_refused() {
+    let up = Upstream::start().await;
+    let gw = cookie_gateway(&up).await;
+    let own = format!("https://localhost:{}", gw.addr.port());
+    let creds = [("username", "alice"), ("password", "pw")];
+    let grant = |header: Option<(&'static str, String)>, form: Vec<(&'static str, String)>| {
+        let mut r = gw.client.post(gw.url("/token")).form(&form);
+        if let Some((h, v)) = header {
+            r = r.header(h, v);
+        }
+        r.send()
+    };
+    let password = || creds.iter().map(|(k, v)| (*k, v.to_string())).collect::<Vec<_>>();
+    for (h, v) in [("origin", EVIL.to_string()), ("origin", "null".into()), ("referer", format!("{EVIL}/login"))] {
+        let r = grant(Some((h, v.clone())), password()).await.expect("send");
+        assert_eq!(r.status(), 403, "a password grant with {h}: {v}");
+        assert!(set_cookies(&r).is_empty(), "{h}: {v} got cookies");
+    }
+    for origin in [None, Some(("origin", own.clone())), Some(("origin", APP.to_string())), Some(("referer", format!("{own}/app")))] {
+        let r = grant(origin.clone(), password()).await.expect("send");
+        assert_eq!(r.status(), 200, "a password grant with {origin:?}");
+        assert_eq!(set_cookies(&r).len(), 2);
+    }
+    let r = grant(None, password()).await.expect("send");
+    let refresh = cookie_value(&set_cookies(&r), "authgate_refresh");
+    let form = vec![("grant_type", "refresh_token".to_string()), ("refresh_token", refresh)];
+    assert_eq!(grant(Some(("origin", EVIL.into())), form.clone()).await.expect("send").status(), 403, "a refresh grant from another site");
+    assert_eq!(grant(None, form).await.expect("send").status(), 200, "the refused refresh did not spend the token");
+}
+
 #[tokio::test]
 async fn refresh_by_cookie_and_revoke_clears_both_cookies() {
     let up = Upstream::start().await;
