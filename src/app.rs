@@ -423,14 +423,17 @@ impl App {
             None => return Err(GatewayError::Unauthorized),
         };
         let now = now_secs();
-        let identity = match self.token_cache.get(token, now, self.config.jwt.leeway.as_secs()) {
+        // Read before verifying: keys that change during the check leave
+        // the entry with an older generation, never used again.
+        let generation = self.verifier.key_generation();
+        let identity = match self.token_cache.get(token, now, self.config.jwt.leeway.as_secs(), generation) {
             Some(id) => id,
             None => {
                 // Checked as text only on a miss: a hit matched, byte for
                 // byte, a token that passed verification.
                 let text = std::str::from_utf8(token).map_err(|_| GatewayError::InvalidToken(TokenError::Malformed))?;
                 let id = Arc::new(self.verifier.verify(text, now).map_err(GatewayError::InvalidToken)?);
-                self.token_cache.insert(token, id.clone());
+                self.token_cache.insert(token, id.clone(), generation);
                 id
             }
         };

@@ -133,6 +133,9 @@ struct RawJwt {
 fn default_access_ttl() -> String {
     "15m".into()
 }
+/// The largest `jwt.leeway` accepted.
+const MAX_LEEWAY: Duration = Duration::from_secs(600);
+
 fn default_leeway() -> String {
     "30s".into()
 }
@@ -709,6 +712,12 @@ impl Validator<'_> {
                 Ok(IssuerConfig { issuer: iss.issuer, audience: iss.audience, jwks_url, algorithms, ca_file })
             })
             .collect::<R<Vec<_>>>()?;
+        let leeway = self.duration("jwt.leeway", &j.leeway)?;
+        // Clock skew is seconds. A leeway of days (a typo of "30d" for
+        // "30s") would quietly turn expiry checking off.
+        if leeway > MAX_LEEWAY {
+            return Err(self.err("jwt.leeway", format!("{:?} is more than clock skew needs; at most \"10m\"", j.leeway)));
+        }
         Ok(JwtConfig {
             algorithm,
             secret_env: j.secret_env,
@@ -719,7 +728,7 @@ impl Validator<'_> {
             issuer: j.issuer,
             audience: j.audience,
             access_ttl,
-            leeway: self.duration("jwt.leeway", &j.leeway)?,
+            leeway,
             previous_keys: j.previous_keys.iter().map(|p| self.path(p)).collect(),
             issuers,
         })

@@ -81,6 +81,10 @@ pub struct FetchStats {
 pub struct Issuer {
     pub config: IssuerConfig,
     keys: ArcSwap<Vec<ExternalKey>>,
+    /// SHA-256 of the usable keys last loaded, to tell a change.
+    digest: Mutex<[u8; 32]>,
+    /// Shared by the gateway's issuers; moved on when a key set changes.
+    generation: Arc<AtomicU64>,
     client: Option<HttpsClient>,
     wake: Arc<tokio::sync::Notify>,
     last_unknown_kid: Mutex<Option<Instant>>,
@@ -99,10 +103,16 @@ impl Issuer {
     /// Builds the issuer; a JWKS file is read now (an HTTPS one by the
     /// refresher). A key set that cannot be loaded is logged, not fatal:
     /// that issuer's tokens get 401 until it loads.
-    pub fn new(config: IssuerConfig) -> Result<Issuer, String> {
+    ///
+    /// `seed` (a reload): the running gateway's issuer that reads the same
+    /// JWKS; its keys serve until this one has loaded its own, and stay
+    /// if that fails, as with any failed refresh.
+    pub fn new(config: IssuerConfig, generation: Arc<AtomicU64>, seed: Option<&Arc<Issuer>>) -> Result<Issuer, String> {
         let client = if config.jwks_url.starts_with("https://") { Some(https_client(&config)?) } else { None };
         let issuer = Issuer {
-            keys: ArcSwap::from_pointee(Vec::new()),
+            keys: seed.map_or_else(|| ArcSwap::from_pointee(Vec::new()), |s| ArcSwap::new(s.keys.load_full())),
+            digest: Mutex::new(seed.map_or([0; 32], |s| *s.digest.lock().unwrap_or_else(|p| p.into_inner()))),
+            generation,
             client,
             wake: Arc::new(tokio::sync::Notify::new()),
             last_unknown_kid: Mutex::new(None),
@@ -115,6 +125,11 @@ impl Issuer {
             issuer.record(got.map(|k| (k, None)));
         }
         Ok(issuer)
+    }
+
+    /// Does `config` fetch its keys where this issuer does?
+    pub fn same_source(&self, config: &IssuerConfig) -> bool {
+        self.config.issuer == config.issuer && self.config.jwks_url == config.jwks_url && self.config.ca_file == config.ca_file
     }
 
     pub fn stats(&self) -> FetchStats {
@@ -173,12 +188,19 @@ impl Issuer {
     }
 
     /// Keeps a good result, counts a bad one (keeping the last good keys).
-    fn record(&self, got: Result<(Vec<ExternalKey>, Option<Duration>), String>) -> Option<Duration> {
+    fn record(&self, got: Result<(Loaded, Option<Duration>), String>) -> Option<Duration> {
         self.attempts.fetch_add(1, Ordering::Relaxed);
         match got {
-            Ok((keys, max_age)) => {
+            Ok((Loaded { keys, digest }, max_age)) => {
                 tracing::info!(issuer = %self.config.issuer, keys = keys.len(), "JWKS loaded");
                 self.keys.store(Arc::new(keys));
+                // After the new keys are in place: a request that reads the
+                // new generation verifies with them (Release / Acquire).
+                let mut last = self.digest.lock().unwrap_or_else(|p| p.into_inner());
+                if *last != digest {
+                    *last = digest;
+                    self.generation.fetch_add(1, Ordering::Release);
+                }
                 Some(max_age.unwrap_or(DEFAULT_MAX_AGE))
             }
             Err(error) => {
@@ -194,7 +216,7 @@ impl Issuer {
         }
     }
 
-    async fn fetch(&self) -> Result<(Vec<ExternalKey>, Option<Duration>), String> {
+    async fn fetch(&self) -> Result<(Loaded, Option<Duration>), String> {
         let Some(client) = &self.client else {
             let bytes = tokio::fs::read(&self.config.jwks_url).await.map_err(|e| e.to_string())?;
             return Ok((parse_jwks(&bytes)?, None));
@@ -232,7 +254,8 @@ async fn refresh_loop(issuer: Weak<Issuer>, wake: Arc<tokio::sync::Notify>) {
             }
             None => {
                 failures = failures.saturating_add(1);
-                (Duration::from_secs(5) * 2u32.saturating_pow(failures.min(6))).min(Duration::from_secs(300))
+                // 5 s, 10 s, 20 s ... 5 minutes.
+                (Duration::from_secs(5) * 2u32.saturating_pow(failures.saturating_sub(1).min(6))).min(Duration::from_secs(300))
             }
         };
         // A kick that came in while fetching was answered by that fetch.
@@ -287,14 +310,30 @@ fn https_client(config: &IssuerConfig) -> Result<HttpsClient, String> {
 
 /// The usable signing keys of a JWKS document; others (encryption keys,
 /// unknown types, weak RSA) are skipped. A document without one is an error.
-fn parse_jwks(bytes: &[u8]) -> Result<Vec<ExternalKey>, String> {
+/// A JWKS's usable keys, and a digest of their JWKs to tell a change by.
+struct Loaded {
+    keys: Vec<ExternalKey>,
+    digest: [u8; 32],
+}
+
+fn parse_jwks(bytes: &[u8]) -> Result<Loaded, String> {
     let doc: Value = serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS document: {e}"))?;
     let list = doc.get("keys").and_then(Value::as_array).ok_or("not a JWKS document: no \"keys\" array")?;
-    let keys: Vec<ExternalKey> = list.iter().filter_map(|k| parse_jwk(k).ok()).collect();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut keys = Vec::new();
+    for jwk in list {
+        if let Ok(k) = parse_jwk(jwk) {
+            ctx.update(jwk.to_string().as_bytes());
+            ctx.update(b"\n");
+            keys.push(k);
+        }
+    }
     if keys.is_empty() {
         return Err(format!("none of its {} keys is a usable signing key", list.len()));
     }
-    Ok(keys)
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ctx.finish().as_ref());
+    Ok(Loaded { keys, digest })
 }
 
 fn parse_jwk(jwk: &Value) -> Result<ExternalKey, &'static str> {
@@ -302,6 +341,12 @@ fn parse_jwk(jwk: &Value) -> Result<ExternalKey, &'static str> {
     let bytes = |name: &str| field(name).and_then(|s| B64.decode(s).ok()).ok_or("a key member is missing or not base64url");
     if field("use").is_some_and(|u| u != "sig") {
         return Err("not a signing key");
+    }
+    // RFC 7517 §4.3: when `key_ops` is given, it must allow "verify".
+    if let Some(ops) = jwk.get("key_ops")
+        && !ops.as_array().is_some_and(|ops| ops.iter().any(|o| o.as_str() == Some("verify")))
+    {
+        return Err("its key_ops does not allow verify");
     }
     let (kty, key) = match (field("kty"), field("crv")) {
         (Some("RSA"), _) => {
@@ -352,8 +397,15 @@ mod tests {
         let ec = r#"{"keys":[{"kty":"EC","crv":"P-256","use":"enc","x":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","y":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]}"#;
         assert!(parse_jwks(ec.as_bytes()).is_err(), "encryption keys are skipped");
         let ec = ec.replace("\"enc\"", "\"sig\"");
-        let keys = parse_jwks(ec.as_bytes()).expect("one EC key");
+        let keys = parse_jwks(ec.as_bytes()).expect("one EC key").keys;
         assert!(keys[0].fits(Algorithm::ES256));
         assert!(!keys[0].fits(Algorithm::ES384) && !keys[0].fits(Algorithm::RS256) && !keys[0].fits(Algorithm::HS256));
+        // RFC 7517 §4.3: key_ops, when given, must allow verify.
+        for (ops, usable) in
+            [(r#"["verify"]"#, true), (r#"["sign","verify"]"#, true), (r#"["encrypt"]"#, false), ("[]", false), (r#""verify""#, false)]
+        {
+            let doc = ec.replace("\"use\":\"sig\"", &format!("\"key_ops\":{ops}"));
+            assert_eq!(parse_jwks(doc.as_bytes()).is_ok(), usable, "key_ops {ops}");
+        }
     }
 }

@@ -24,7 +24,8 @@ pub struct Identity {
     sub: String,
     exp: u64,
     iat: Option<u64>,
-    /// The `jti`, or for a token without one a digest of its signed part
+    /// What revokes this token: the `jti` (`{iss}#{jti}` for an external
+    /// issuer's), or for a token without one a digest of its signed part
     /// (see `content_id`), so that every token can be revoked.
     jti: String,
     claims: Map<String, Value>,
@@ -176,12 +177,14 @@ impl Verifier {
             let claims = decode_part(p)?;
             if let Some(Value::String(iss)) = claims.get("iss")
                 && *iss != self.issuer
-                && let Some(ext) = self.keys.external.iter().find(|e| e.config.issuer == *iss)
             {
+                // An issuer we do not know: say so, rather than that our own
+                // algorithm does not match its.
+                let ext = self.keys.external.iter().find(|e| e.config.issuer == *iss).ok_or(TokenError::Issuer)?;
                 check_header(&header)?;
                 ext.verify(&header, message, s)?;
                 let (issuer, audience) = (&ext.config.issuer, &ext.config.audience);
-                return check_claims(claims, now, self.leeway, issuer, audience, message);
+                return check_claims(claims, now, self.leeway, issuer, audience, message, true);
             }
         }
         // The algorithm is ours to choose, not the token's: compare the exact string.
@@ -220,7 +223,13 @@ impl Verifier {
             return Err(TokenError::Signature);
         }
         let claims = decode_part(p)?;
-        check_claims(claims, now, self.leeway, &self.issuer, &self.audience, message)
+        check_claims(claims, now, self.leeway, &self.issuer, &self.audience, message, false)
+    }
+
+    /// Moves on whenever an external issuer's key set changes: a token
+    /// verified under an earlier generation must be verified again.
+    pub fn key_generation(&self) -> u64 {
+        self.keys.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The external issuers (`[[jwt.issuers]]`).
@@ -244,7 +253,10 @@ fn check_header(header: &Map<String, Value>) -> Result<(), TokenError> {
     }
     match header.get("typ") {
         None => Ok(()),
-        Some(Value::String(t)) if ["jwt", "at+jwt", "application/at+jwt"].contains(&t.to_ascii_lowercase().as_str()) => Ok(()),
+        // RFC 7515 §4.1.9: the "application/" prefix may be left out.
+        Some(Value::String(t)) if ["jwt", "at+jwt", "application/jwt", "application/at+jwt"].contains(&t.to_ascii_lowercase().as_str()) => {
+            Ok(())
+        }
         Some(_) => Err(TokenError::Type),
     }
 }
@@ -265,6 +277,7 @@ fn check_claims(
     issuer: &str,
     audience: &str,
     message: &str,
+    external: bool,
 ) -> Result<Identity, TokenError> {
     let exp = numeric_date(claims.get("exp").ok_or(TokenError::MissingClaim)?)?;
     // RFC 7519 4.1.4: not accepted on or after `exp`. `now` is whole
@@ -302,6 +315,10 @@ fn check_claims(
         None => return Err(TokenError::MissingClaim),
     };
     let jti = match claims.get("jti") {
+        // RFC 7519 §4.1.7: a jti is unique within its issuer only, so an
+        // external issuer's is scoped by it: an IdP's jti must not name
+        // (and revoke) a token of ours or of another IdP.
+        Some(Value::String(j)) if !j.is_empty() && external => format!("{issuer}#{j}"),
         Some(Value::String(j)) if !j.is_empty() => j.clone(),
         Some(Value::String(_)) | None => content_id(message),
         Some(_) => return Err(TokenError::Malformed),

@@ -33,6 +33,9 @@ pub struct KeySet {
     pub sign: Option<SignKey>,
     /// `[[jwt.issuers]]`: identity providers whose tokens verify beside ours.
     pub external: Vec<std::sync::Arc<crate::jwks::Issuer>>,
+    /// Moves on whenever an external issuer's key set changes: a verified
+    /// token cached before must be verified again (`TokenCache`).
+    pub generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl KeySet {
@@ -51,15 +54,21 @@ fn err(config: &Config, key: &str, message: impl Into<String>) -> ConfigError {
 /// the external issuers (their JWKS files are read now; URLs are fetched
 /// once the gateway runs).
 pub fn load(config: &Config) -> Result<KeySet, ConfigError> {
-    load_with(config, true)
+    load_with(config, true, &[])
 }
 
 /// `load`; with `generate` false a signing key that would be generated is
-/// left out instead (`authgate check` writes nothing).
-pub fn load_with(config: &Config, generate: bool) -> Result<KeySet, ConfigError> {
+/// left out instead (`authgate check` writes nothing). `previous` are the
+/// issuers the running gateway has (a reload): one that fetches its keys
+/// from the same place starts with the keys it had, so that a reload
+/// during an IdP outage, or before the first fetch returns, refuses
+/// nothing the running gateway accepts.
+pub fn load_with(config: &Config, generate: bool, previous: &[std::sync::Arc<crate::jwks::Issuer>]) -> Result<KeySet, ConfigError> {
     let mut keys = load_own(config, generate)?;
     for (i, iss) in config.jwt.issuers.iter().enumerate() {
-        let issuer = crate::jwks::Issuer::new(iss.clone()).map_err(|m| err(config, &format!("jwt.issuers[{i}].ca_file"), m))?;
+        let seed = previous.iter().find(|p| p.same_source(iss));
+        let issuer = crate::jwks::Issuer::new(iss.clone(), keys.generation.clone(), seed)
+            .map_err(|m| err(config, &format!("jwt.issuers[{i}].ca_file"), m))?;
         keys.external.push(std::sync::Arc::new(issuer));
     }
     Ok(keys)
@@ -78,6 +87,7 @@ fn load_own(config: &Config, generate: bool) -> Result<KeySet, ConfigError> {
             verify: vec![VerifyKey { kid: kid.clone(), key, jwk: None }],
             sign: Some(SignKey { kid, key: sign_key }),
             external: Vec::new(),
+            generation: Default::default(),
         });
     }
 
@@ -112,7 +122,7 @@ fn load_own(config: &Config, generate: bool) -> Result<KeySet, ConfigError> {
             verify.push(vk);
         }
     }
-    Ok(KeySet { algorithm: alg, verify, sign, external: Vec::new() })
+    Ok(KeySet { algorithm: alg, verify, sign, external: Vec::new(), generation: Default::default() })
 }
 
 fn read_secret(config: &Config, jwt: &JwtConfig) -> Result<Vec<u8>, ConfigError> {

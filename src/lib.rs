@@ -66,11 +66,15 @@ pub struct Carried {
     /// The users file the running App loaded, as fingerprints: a reload
     /// compares the new file with it where the store holds nothing.
     pub users: Option<std::collections::HashMap<String, store::TokenHash>>,
+    /// The running App's external issuers: their keys serve the new App
+    /// until it has fetched its own (`keys::load_with`).
+    pub issuers: Vec<Arc<jwks::Issuer>>,
 }
 
 /// `build_app`, keeping what `carried` holds instead of starting afresh.
 pub fn build_app_with(config: config::Config, carried: Option<Carried>) -> anyhow::Result<app::App> {
-    let keys = keys::load(&config)?;
+    let issuers = carried.as_ref().map_or(&[][..], |c| &c.issuers[..]);
+    let keys = keys::load_with(&config, true, issuers)?;
     let metrics = carried.as_ref().map_or_else(|| Arc::new(metrics::Metrics::new()), |c| c.metrics.clone());
     let (store, cursor) = match carried.as_ref().and_then(|c| c.store.clone()) {
         Some(open) => open,
@@ -118,7 +122,7 @@ fn warn_demo_user(config: &config::Config, l: &config::LoginConfig, users: &user
 /// is connected to, and an embedded one opened if it exists, to show they
 /// work; a missing embedded store is left for the gateway to create.
 pub fn check(config: config::Config) -> anyhow::Result<String> {
-    let keys = keys::load_with(&config, false)?;
+    let keys = keys::load_with(&config, false, &[])?;
     let new_store = config.store.kind == config::StoreKind::Embedded && !config.store.path.exists();
     if config.store.kind != config::StoreKind::Memory && !new_store {
         store::open(&config)?.ping()?;

@@ -60,6 +60,7 @@ impl Reloader {
             denylist: old.denylist.clone(),
             store: Some((old.store.clone(), cursor)),
             users: old.login.as_ref().map(|l| l.users.fingerprints()),
+            issuers: old.verifier.issuers().to_vec(),
         };
         let old_store = old.config.store.clone();
         // Reading files, hashing keys and syncing users with the store block.

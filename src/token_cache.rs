@@ -4,8 +4,10 @@
 //! Safety rules: the key is the exact token bytes; only tokens that passed
 //! full verification are inserted; an entry is never used past the token's
 //! `exp` (plus leeway); revocation is checked by the caller on every hit;
-//! the cache belongs to one `App`, so a reload (new keys, issuers or
-//! audience) starts empty.
+//! an entry is only used under the key generation it was verified in (an
+//! external issuer that drops or changes a key moves it on); the cache
+//! belongs to one `App`, so a reload (new keys, issuers or audience)
+//! starts empty.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +25,8 @@ const SHARDS: usize = 16;
 /// for a verified token. Equality still compares every byte.
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Box<[u8]>, Arc<Identity>, Tail>,
+    /// token -> (identity, key generation it was verified in)
+    map: HashMap<Box<[u8]>, (Arc<Identity>, u64), Tail>,
     /// The tokens' bytes: with tokens near the 8 KB limit, the count alone
     /// let the cache grow to 150 MB.
     bytes: usize,
@@ -77,14 +80,15 @@ impl TokenCache {
         &self.shards[i % SHARDS]
     }
 
-    /// The identity of a token verified before, if it has not expired.
-    pub fn get(&self, token: &[u8], now: u64, leeway: u64) -> Option<Arc<Identity>> {
+    /// The identity of a token verified before, in key generation
+    /// `generation`, if it has not expired.
+    pub fn get(&self, token: &[u8], now: u64, leeway: u64, generation: u64) -> Option<Arc<Identity>> {
         if self.per_shard == 0 {
             return None;
         }
         let mut shard = self.shard(token).lock().unwrap_or_else(|p| p.into_inner());
-        let id = shard.map.get(token)?;
-        if now >= id.exp().saturating_add(leeway) {
+        let (id, verified_in) = shard.map.get(token)?;
+        if now >= id.exp().saturating_add(leeway) || *verified_in != generation {
             shard.map.remove(token);
             shard.bytes = shard.bytes.saturating_sub(token.len());
             return None;
@@ -92,7 +96,9 @@ impl TokenCache {
         Some(id.clone())
     }
 
-    pub fn insert(&self, token: &[u8], identity: Arc<Identity>) {
+    /// Caches a token verified in key generation `generation` (read
+    /// before the verification began).
+    pub fn insert(&self, token: &[u8], identity: Arc<Identity>, generation: u64) {
         if self.per_shard == 0 {
             return;
         }
@@ -103,7 +109,7 @@ impl TokenCache {
             shard.map.clear();
             shard.bytes = 0;
         }
-        if shard.map.insert(token.into(), identity).is_none() {
+        if shard.map.insert(token.into(), (identity, generation)).is_none() {
             shard.bytes += token.len();
         }
     }

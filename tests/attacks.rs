@@ -164,7 +164,7 @@ async fn typ_other_than_an_access_token_is_refused() {
         refused(&gw, &up, &sign(&h, &claims("alice"), &key), TYPE, &format!("typ {typ}")).await;
     }
     // The accepted spellings, for contrast (RFC 9068 `at+jwt`, case-insensitive per RFC 7515).
-    for typ in ["JWT", "jwt", "at+jwt", "application/at+jwt", "AT+JWT"] {
+    for typ in ["JWT", "jwt", "at+jwt", "application/at+jwt", "AT+JWT", "application/jwt", "Application/JWT"] {
         let h = json!({ "alg": "ES256", "typ": typ });
         passes(&gw, &up, &sign(&h, &claims("alice"), &key), "alice", typ).await;
     }

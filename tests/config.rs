@@ -76,6 +76,17 @@ fn bad_duration_names_the_key() {
     assert_config_error(&check(dir.path(), &text, &[]), dir.path(), "server.upstream_timeout");
 }
 
+/// A leeway of days ("30d" typed for "30s") would turn expiry checking off.
+#[test]
+fn a_leeway_beyond_clock_skew_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", ROUTES);
+    let line = assert_config_error(&check(dir.path(), &text.replace("leeway = \"5s\"", "leeway = \"30d\""), &[]), dir.path(), "jwt.leeway");
+    assert!(line.contains("10m"), "{line}");
+    let out = check(dir.path(), &text.replace("leeway = \"5s\"", "leeway = \"10m\""), &[]);
+    assert_eq!(out.status.code(), Some(0), "10m is allowed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn bad_upstream_names_the_route_index() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -55,7 +55,7 @@ async fn idp_tokens_verify_beside_our_own_and_every_check_applies() {
     assert_eq!(status(&gw, &gw.token("local", json!({}))).await, 200, "authgate's own tokens still verify");
 
     refused(&gw, &rsa.sign(&idp_claims(ISS, "other-api", "u")), "the token's audience is not accepted", "wrong aud").await;
-    refused(&gw, &rsa.sign(&idp_claims("https://evil.example", "api", "u")), "the token's algorithm is not accepted", "unknown iss").await;
+    refused(&gw, &rsa.sign(&idp_claims("https://evil.example", "api", "u")), "the token's issuer is not accepted", "unknown iss").await;
     let forged = ec.sign(&idp_claims("authgate", "api", "root"));
     refused(&gw, &forged, "the token's signature is invalid", "an IdP key cannot sign as authgate").await;
     let ps = rsa.sign_as(Algorithm::PS256, Some("rsa-1"), &idp_claims(ISS, "api", "u"));
@@ -130,6 +130,67 @@ async fn an_idp_outage_keeps_the_last_good_keys() {
     eventually(Duration::from_secs(15), "the failed refresh is counted", async || issuer.stats().failures >= 1).await;
     assert_eq!(issuer.stats().keys, 1, "the last good keys are kept");
     assert_eq!(status(&gw, &t1).await, 200);
+    gw.stop().await;
+}
+
+/// An IdP that stops publishing a key (how a leaked key is withdrawn)
+/// ends every token signed with it, those verified and cached before too.
+#[tokio::test]
+async fn a_key_withdrawn_from_the_jwks_ends_its_cached_tokens() {
+    let (k1, k2) = (IdpKey::generate(Algorithm::ES256, "k1"), IdpKey::generate(Algorithm::ES256, "k2"));
+    let idp = JwksServer::start(jwks(&[&k1]), "max-age=3600").await;
+    let gw = Gateway::start(&issuer_toml(&idp.url(), Some(&idp.ca)), ROUTES).await;
+    let mut claims = idp_claims(ISS, "api", "u1");
+    claims["exp"] = json!(authgate::jwt::now_secs() + 86_400 * 365);
+    let t1 = k1.sign(&claims);
+    eventually(Duration::from_secs(10), "the JWKS is fetched at start", async || status(&gw, &t1).await == 200).await;
+    assert_eq!(gw.app().token_cache.len(), 1, "t1 is cached");
+
+    // k1 withdrawn, k2 published; k2's first token makes authgate refetch.
+    idp.publish(jwks(&[&k2]));
+    let t2 = k2.sign(&idp_claims(ISS, "api", "u2"));
+    eventually(Duration::from_secs(10), "k2 is picked up", async || status(&gw, &t2).await == 200).await;
+    refused(&gw, &t1, "the token's key is unknown", "a cached token of the withdrawn key").await;
+    gw.stop().await;
+}
+
+/// A reload builds new issuers. They start with the running gateway's keys,
+/// so a reload while the IdP is down (or before the first fetch returns)
+/// refuses nothing the gateway accepted.
+#[tokio::test]
+async fn a_reload_while_the_idp_is_down_keeps_its_keys() {
+    let k1 = IdpKey::generate(Algorithm::RS256, "k1");
+    let idp = JwksServer::start(jwks(&[&k1]), "max-age=3600").await;
+    let gw = Gateway::start(&issuer_toml(&idp.url(), Some(&idp.ca)), ROUTES).await;
+    let t1 = k1.sign(&idp_claims(ISS, "api", "u1"));
+    eventually(Duration::from_secs(10), "the JWKS is fetched at start", async || status(&gw, &t1).await == 200).await;
+    idp.stop();
+    gw.running().reload().await.expect("reload");
+    assert_eq!(status(&gw, &t1).await, 200, "right after the reload");
+    let issuer = gw.app().verifier.issuers()[0].clone();
+    eventually(Duration::from_secs(15), "the new issuer's fetch fails", async || issuer.stats().failures >= 1).await;
+    assert_eq!(status(&gw, &t1).await, 200, "after its failed fetch: the last good keys are kept");
+    gw.stop().await;
+}
+
+/// RFC 7519 §4.1.7: a jti is unique within its issuer. Revoking one jti
+/// must not revoke another issuer's token that happens to carry the same.
+#[tokio::test]
+async fn a_jti_is_revoked_within_its_issuer_only() {
+    let k1 = IdpKey::generate(Algorithm::ES256, "k1");
+    let idp = JwksServer::start(jwks(&[&k1]), "max-age=3600").await;
+    let gw = Gateway::start(&issuer_toml(&idp.url(), Some(&idp.ca)), ROUTES).await;
+    let mut claims = idp_claims(ISS, "api", "u1");
+    claims["jti"] = json!("same-jti");
+    let idp_token = k1.sign(&claims);
+    eventually(Duration::from_secs(10), "the JWKS is fetched at start", async || status(&gw, &idp_token).await == 200).await;
+    let far = authgate::jwt::now_secs() + 3600;
+    // What revoking a local token with that jti writes: the IdP's token stands.
+    gw.app().denylist.revoke_jti("same-jti", far);
+    assert_eq!(status(&gw, &idp_token).await, 200, "another issuer's jti revoked the IdP's token");
+    // Revoked through /token/revoke or the store, it is its issuer's.
+    gw.app().denylist.revoke_jti(&format!("{ISS}#same-jti"), far);
+    refused(&gw, &idp_token, "the token has been revoked", "the IdP's own jti").await;
     gw.stop().await;
 }
 

@@ -82,7 +82,7 @@ async fn the_cache_holds_at_most_8_mib_of_tokens_however_long_they_are() {
         assert!(token.len() > 7_000 && token.len() < 8_192, "{}", token.len());
         total += token.len();
         let id = app.verifier.verify(&token, authgate::jwt::now_secs()).expect("valid");
-        app.token_cache.insert(token.as_bytes(), std::sync::Arc::new(id));
+        app.token_cache.insert(token.as_bytes(), std::sync::Arc::new(id), app.verifier.key_generation());
     }
     assert!(total > 14 << 20, "{total}");
     let held = app.token_cache.bytes();
