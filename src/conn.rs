@@ -52,6 +52,8 @@ pub struct Activity {
     park: AtomicBool,
     /// ms since `start` of the last unpark
     unparked_at: AtomicU64,
+    /// The connection speaks HTTP/2: its reads are frames, not heads.
+    http2: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +87,13 @@ impl Activity {
             clean: AtomicBool::new(false),
             park: AtomicBool::new(false),
             unparked_at: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
         })
+    }
+
+    /// The connection speaks HTTP/2 from now on.
+    pub fn http2(&self) {
+        self.http2.store(true, Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -99,12 +107,29 @@ impl Activity {
 
     fn on_read(&self, data: &[u8]) {
         let now = self.now_ms();
+        // A request or a response still in flight: what is read now is its
+        // body (or, pipelined, a next head, which waits behind it).
+        let in_flight = self.busy.load(Relaxed) != 0 || self.responding.load(Relaxed) != 0;
+        if self.http2.load(Relaxed) {
+            // Frames, not heads: no head timer (a window update during a
+            // download, or the settings ack after a response, started one,
+            // which then cut the connection). Nor is a ping or a settings
+            // frame between streams activity: idle counts from the last stream.
+            if in_flight {
+                self.last.store(now, Relaxed);
+            }
+            return;
+        }
         self.last.store(now, Relaxed);
         self.fresh.store(false, Relaxed);
         self.clean.store(false, Relaxed);
         self.park.store(false, Relaxed);
         self.read_ended_head.store(data.ends_with(b"\r\n\r\n"), Relaxed);
-        if self.busy.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
+        // Only between exchanges can a read start a new head. Bytes that
+        // come while a response is still going out (the rest of an upload
+        // the upstream answered early, or a pipelined request) are bounded
+        // by idle_timeout instead: the head timer cut uploads off mid-way.
+        if !in_flight && self.head_started.load(Relaxed) == 0 {
             self.head_started.store(now + 1, Relaxed);
             // Waking the watchdog means another poll of the whole connection:
             // only when it would otherwise sleep past this head's deadline.
@@ -373,7 +398,22 @@ mod tests {
         assert_eq!(a.head_started.load(Relaxed), 0, "a complete head stops the header timer");
         a.on_read(b"body");
         assert_eq!(a.head_started.load(Relaxed), 0, "body bytes of a request in flight are no new head");
+        let r = a.responding();
         drop(g);
         assert_eq!(a.busy.load(Relaxed), 0);
+        a.on_read(b"more body");
+        assert_eq!(a.head_started.load(Relaxed), 0, "nor are bytes read while its response goes out");
+        drop(r);
+        a.on_read(b"GET /next");
+        assert_ne!(a.head_started.load(Relaxed), 0, "between exchanges a read starts a head");
+    }
+
+    #[test]
+    fn http2_reads_are_frames() {
+        let a = Activity::new(Duration::from_secs(10));
+        a.http2();
+        a.on_read(b"\0\0\0\x04\x01\0\0\0\0");
+        assert_eq!(a.head_started.load(Relaxed), 0, "a frame is no head");
+        assert_eq!(a.last.load(Relaxed), 0, "a frame between streams is no activity");
     }
 }

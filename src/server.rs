@@ -288,6 +288,7 @@ async fn session(
 
     // HTTP/2 only when the client asked for it by ALPN (RFC 9113, 3.2).
     if tls.alpn_protocol() == Some(b"h2") {
+        activity.http2();
         let h2 = http2_builder(&app.load().config.server);
         let io = TokioIo::new(WatchedIo::new(tls, activity.clone()));
         let mut connection = Box::pin(h2.serve_connection(io, svc));

@@ -56,3 +56,92 @@ async fn idle_keep_alive_outlives_the_header_timeout_and_closes_at_idle_timeout(
     let closed = time_to_close(&mut s, Duration::from_secs(10)).await.expect("an idle connection must close at idle_timeout");
     assert!(closed >= Duration::from_secs(4), "closed after {closed:?}, before the 5s idle_timeout");
 }
+
+/// HTTP/2 reads are frames, not request heads: the client's settings ack
+/// after a response, its pings and window updates must not start the head
+/// timer, which cut every h2 connection (and any download or upload on it)
+/// `header_read_timeout` after its last request, without a GOAWAY.
+#[tokio::test]
+async fn an_http2_connection_outlives_the_header_timeout_between_requests() {
+    let gw = gateway("60s").await;
+    let tls = raw_tls(&gw, &[b"h2"]).await;
+    // The client pings every 300 ms, as gRPC and browsers' keep-alives do.
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(300))
+        .keep_alive_while_idle(true)
+        .handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .expect("h2");
+    let conn = tokio::spawn(conn);
+    let get = |path: &str| {
+        http::Request::get(format!("https://localhost:{}{path}", gw.addr.port()))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request")
+    };
+    assert_eq!(send.send_request(get("/a")).await.expect("first request").status(), 200);
+    // Past the 2 s header timeout, idle on the same connection.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!conn.is_finished(), "the h2 connection was closed before idle_timeout");
+    assert_eq!(send.send_request(get("/b")).await.expect("second request on the same connection").status(), 200);
+}
+
+/// An upstream that answers before it has the whole upload (a streaming or
+/// early response): the rest of the body arrives while the response goes
+/// out, and is no new request head. It was cut off `header_read_timeout`
+/// into the upload.
+#[tokio::test]
+async fn an_upload_the_upstream_answers_early_is_not_cut_at_the_header_timeout() {
+    const LEN: usize = 40_000;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 8192];
+        let head_end = loop {
+            let n = tcp.read(&mut buf).await.expect("read head");
+            assert!(n > 0, "the gateway closed before the head");
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        tcp.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nstart\r\n").await.expect("early head");
+        let mut got = seen.len() - head_end;
+        while got < LEN {
+            let n = tcp.read(&mut buf).await.expect("read body");
+            assert!(n > 0, "the body stopped after {got} bytes");
+            got += n;
+        }
+        tcp.write_all(b"4\r\ndone\r\n0\r\n\r\n").await.expect("end");
+        let _ = tcp.read(&mut buf).await;
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n");
+    let text = config_text(dir.path(), "", &routes);
+    let gw = Gateway::start_in(dir, &text).await;
+    let s = raw_tls(&gw, &[b"http/1.1"]).await;
+    let (mut rd, mut wr) = tokio::io::split(s);
+    wr.write_all(format!("POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: {LEN}\r\n\r\n").as_bytes()).await.expect("head");
+    let upload = tokio::spawn(async move {
+        // 40 KB over 4 s: twice the 2 s header timeout, far above body_min_rate.
+        for _ in 0..40 {
+            wr.write_all(&[b'u'; LEN / 40]).await.expect("the upload was cut off");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wr
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !answer.ends_with(b"0\r\n\r\n") && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(15), rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("done") && text.ends_with("0\r\n\r\n"), "answer: {text:?}");
+    upload.await.expect("the upload went through");
+}
