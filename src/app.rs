@@ -94,10 +94,13 @@ impl App {
         App {
             routes: RouteTable::new(config.routes.clone()),
             identity: IdentityRules::new(config.identity.clone()),
-            upstreams: crate::upstream::Upstreams::new(config.routes.iter().filter_map(|r| match &r.upstream {
-                Upstream::Http { authority, .. } => Some(authority),
-                Upstream::Echo => None,
-            })),
+            upstreams: crate::upstream::Upstreams::new(
+                config.routes.iter().filter_map(|r| match &r.upstream {
+                    Upstream::Http { authority, .. } => Some(authority),
+                    Upstream::Echo => None,
+                }),
+                config.server.max_upstream_requests,
+            ),
             verifier,
             signer,
             denylist,
@@ -386,6 +389,23 @@ impl App {
             };
         if bad_host {
             return Err(GatewayError::BadRequest("the request needs one Host header, naming its authority"));
+        }
+        // RFC 9110 §4.2.4, RFC 9113 §8.3.1: no userinfo in an https
+        // authority; it would reach X-Forwarded-Host.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(GatewayError::BadRequest("the request's authority must not hold userinfo"));
+        }
+        if req.version() == http::Version::HTTP_2 {
+            // RFC 9113 §8.2.1: malformed. An HTTP/1.1 upstream would trim
+            // the whitespace and read another value than authgate checked.
+            let padded = |v: &HeaderValue| matches!(v.as_bytes(), [b' ' | b'\t', ..] | [.., b' ' | b'\t']);
+            if req.headers().values().any(padded) {
+                return Err(GatewayError::BadRequest("a header value begins or ends with whitespace"));
+            }
+            // HTTP/1.1 frames a body by one Content-Length.
+            if req.headers().get_all(header::CONTENT_LENGTH).iter().nth(1).is_some() {
+                return Err(GatewayError::BadRequest("the request has more than one Content-Length"));
+            }
         }
         Ok(())
     }

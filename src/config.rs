@@ -68,6 +68,7 @@ struct RawServer {
     body_min_rate: u64,
     shutdown_grace: String,
     max_connections: usize,
+    max_upstream_requests: Option<usize>,
     max_header_bytes: usize,
     max_headers: usize,
     watch: bool,
@@ -87,6 +88,7 @@ impl Default for RawServer {
             body_min_rate: 500,
             shutdown_grace: "30s".into(),
             max_connections: 10_000,
+            max_upstream_requests: None,
             max_header_bytes: 16_384,
             max_headers: 100,
             watch: false,
@@ -287,6 +289,10 @@ pub struct ServerConfig {
     pub body_min_rate: u64,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
+    /// Requests in flight to upstreams at once, all upstreams together
+    /// (each holds an upstream connection): HTTP/2 multiplexes many onto
+    /// one client connection. `max_connections` unless set.
+    pub max_upstream_requests: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub watch: bool,
@@ -582,6 +588,9 @@ impl Validator<'_> {
         if s.max_connections == 0 {
             return Err(self.err("server.max_connections", "must be at least 1"));
         }
+        if s.max_upstream_requests == Some(0) {
+            return Err(self.err("server.max_upstream_requests", "must be at least 1"));
+        }
         if !(1024..=1 << 20).contains(&s.max_header_bytes) {
             return Err(self.err("server.max_header_bytes", "must be between 1024 and 1048576"));
         }
@@ -604,6 +613,7 @@ impl Validator<'_> {
             body_min_rate: s.body_min_rate,
             shutdown_grace: self.duration("server.shutdown_grace", &s.shutdown_grace)?,
             max_connections: s.max_connections,
+            max_upstream_requests: s.max_upstream_requests.unwrap_or(s.max_connections),
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
             watch: s.watch,

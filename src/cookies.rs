@@ -25,29 +25,37 @@ pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-fn ours(pair: &str) -> bool {
-    let name = pair.trim().split('=').next().unwrap_or("");
-    name == ACCESS || name == REFRESH
+fn ours(pair: &[u8]) -> bool {
+    let name = pair.trim_ascii().split(|b| *b == b'=').next().unwrap_or_default();
+    name == ACCESS.as_bytes() || name == REFRESH.as_bytes()
 }
 
-/// Removes authgate's cookies from the `Cookie` header(s), keeping the others.
+/// Removes authgate's cookies from the `Cookie` header(s), keeping the
+/// others, and sends what is left as one header: an HTTP/2 client may split
+/// its cookies over several fields, which must be joined with "; " for an
+/// HTTP/1.1 upstream (RFC 9113 §8.2.3; many read only the first `Cookie`).
 pub fn strip(headers: &mut HeaderMap) {
-    let has_ours = headers.get_all(header::COOKIE).iter().any(|v| v.to_str().map_or(true, |s| s.split(';').any(ours)));
-    if !has_ours {
+    let (mut fields, mut has_ours) = (0, false);
+    for v in headers.get_all(header::COOKIE) {
+        fields += 1;
+        has_ours |= v.as_bytes().split(|b| *b == b';').any(ours);
+    }
+    if !has_ours && fields < 2 {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && !ours(p))
-        .map(String::from)
-        .collect();
+    let mut kept: Vec<u8> = Vec::new();
+    for pair in headers.get_all(header::COOKIE).iter().flat_map(|v| v.as_bytes().split(|b| *b == b';')) {
+        let pair = pair.trim_ascii();
+        if !pair.is_empty() && !ours(pair) {
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(pair);
+        }
+    }
     headers.remove(header::COOKIE);
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(v) = HeaderValue::from_bytes(&kept)
     {
         headers.insert(header::COOKIE, v);
     }
@@ -119,6 +127,13 @@ mod tests {
         let mut only = h(&[(header::COOKIE, "authgate_access=tok")]);
         strip(&mut only);
         assert!(!only.contains_key(header::COOKIE));
+        // Split over fields (HTTP/2): joined into one.
+        let mut split = h(&[(header::COOKIE, "a=1"), (header::COOKIE, "b=2")]);
+        strip(&mut split);
+        assert_eq!(split.get_all(header::COOKIE).iter().collect::<Vec<_>>(), vec!["a=1; b=2"]);
+        let mut one = h(&[(header::COOKIE, "a=1;b=2")]);
+        strip(&mut one);
+        assert_eq!(one.get_all(header::COOKIE).iter().collect::<Vec<_>>(), vec!["a=1;b=2"], "one field is left as it is");
     }
 
     #[test]

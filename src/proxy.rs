@@ -350,7 +350,20 @@ pub async fn forward(
     let req = req.map(|b| TimedBody::new(b, s));
     let moved = req.body().moved.clone();
     let Some(client_upgrade) = client_upgrade else {
-        let resp = head_within(s, pool.send(req), moved.as_ref()).await?;
+        // Each request in flight holds an upstream connection, and an
+        // HTTP/2 client can have many in flight on one connection: their
+        // number is bounded (`max_upstream_requests`), or one client could
+        // open upstream connections until the process runs out of files.
+        let slot = match pool.slots().clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => match tokio::time::timeout(s.upstream_timeout, pool.slots().clone().acquire_owned()).await {
+                Ok(Ok(slot)) => slot,
+                _ => {
+                    return Err(GatewayError::Unavailable("too many requests in flight to upstreams (server.max_upstream_requests)".into()));
+                }
+            },
+        };
+        let resp = head_within(s, pool.send(req), moved.as_ref()).await?.map(|b| b.holding(slot));
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(GatewayError::BadGateway("upstream switched protocols unasked".into()));
         }

@@ -139,8 +139,10 @@ fn http2_builder(s: &ServerConfig) -> http2::Builder<TokioExecutor> {
     b
 }
 
-/// HTTP/2 streams one connection may have open at once.
-pub const MAX_CONCURRENT_STREAMS: u32 = 250;
+/// HTTP/2 streams one connection may have open at once (nginx allows 128,
+/// Envoy 100). Each can hold an upstream connection, so this is also what
+/// one client connection can take of `max_upstream_requests`.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// Serves TLS connections from `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdown: impl Future<Output = ()>) {

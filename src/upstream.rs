@@ -81,6 +81,9 @@ pub struct Pool {
     /// `Host` for every request, built once.
     host: Option<http::HeaderValue>,
     idle: Mutex<Vec<Idle>>,
+    /// Requests in flight to upstreams, shared by all pools of a gateway
+    /// (`server.max_upstream_requests`; see `proxy::forward`).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why no response came back.
@@ -93,9 +96,19 @@ pub enum SendError {
 }
 
 impl Pool {
+    /// A pool with no limit of its own on requests in flight.
     pub fn new(authority: Authority) -> Pool {
+        Pool::sharing(authority, Arc::new(tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS)))
+    }
+
+    fn sharing(authority: Authority, slots: Arc<tokio::sync::Semaphore>) -> Pool {
         let host = http::HeaderValue::from_str(authority.as_str()).ok();
-        Pool { authority, host, idle: Mutex::new(Vec::new()) }
+        Pool { authority, host, idle: Mutex::new(Vec::new()), slots }
+    }
+
+    /// The slots for requests in flight to upstreams.
+    pub fn slots(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.slots
     }
 
     pub fn authority(&self) -> &Authority {
@@ -178,7 +191,7 @@ impl Pool {
             match result {
                 Ok(resp) => {
                     let pool = Arc::clone(self);
-                    return Ok(resp.map(|body| PooledBody { body, conn: Some(conn), pool, ended: false }));
+                    return Ok(resp.map(|body| PooledBody { body, conn: Some(conn), pool, ended: false, slot: None }));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) if reused => req = r,
@@ -210,6 +223,17 @@ pub struct PooledBody {
     /// chunked body is never `is_end_stream`, so this is how its end is
     /// known).
     ended: bool,
+    /// The request's slot among those in flight to upstreams, given back
+    /// when the body is done.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl PooledBody {
+    /// Holds `slot` until the body is done with.
+    pub fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> PooledBody {
+        self.slot = Some(slot);
+        self
+    }
 }
 
 impl http_body::Body for PooledBody {
@@ -235,7 +259,16 @@ impl http_body::Body for PooledBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     // Trailers are the last frame: hyper's server takes
                     // them and drops the body without asking for more.
-                    this.ended |= frame.is_trailers();
+                    // Connection-specific fields go, as from the head: an
+                    // HTTP/2 client resets a stream whose trailers hold one.
+                    let frame = match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            this.ended = true;
+                            crate::proxy::remove_hop_by_hop(&mut trailers);
+                            http_body::Frame::trailers(trailers)
+                        }
+                        Err(frame) => frame,
+                    };
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 ready => return ready,
@@ -286,11 +319,13 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new<'a>(authorities: impl IntoIterator<Item = &'a Authority>) -> Upstreams {
+    /// At most `in_flight` requests at once to all of them together.
+    pub fn new<'a>(authorities: impl IntoIterator<Item = &'a Authority>, in_flight: usize) -> Upstreams {
+        let slots = Arc::new(tokio::sync::Semaphore::new(in_flight.min(tokio::sync::Semaphore::MAX_PERMITS)));
         let mut pools: Vec<Arc<Pool>> = Vec::new();
         for a in authorities {
             if !pools.iter().any(|p| p.authority == *a) {
-                pools.push(Arc::new(Pool::new(a.clone())));
+                pools.push(Arc::new(Pool::sharing(a.clone(), slots.clone())));
             }
         }
         Upstreams { pools }
@@ -321,7 +356,7 @@ mod tests {
         let a: Authority = "Backend.internal:8080".parse().expect("an authority");
         let b: Authority = "backend.internal:8080".parse().expect("an authority");
         let c: Authority = "other:80".parse().expect("an authority");
-        let ups = Upstreams::new([&a, &b, &c]);
+        let ups = Upstreams::new([&a, &b, &c], 10);
         assert_eq!(ups.pools.len(), 2);
         let pa = ups.pool(&a).expect("a pool for a");
         let pb = ups.pool(&b).expect("a pool for b, spelled differently");

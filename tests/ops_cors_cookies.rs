@@ -301,6 +301,22 @@ async fn refresh_by_cookie_and_revoke_clears_both_cookies() {
     let _ = access;
 }
 
+/// RFC 9113 §8.2.3: an HTTP/2 client may send its cookies as several
+/// fields; an HTTP/1.1 upstream gets them joined into one `Cookie` header
+/// (many read only the first).
+#[tokio::test]
+async fn cookies_split_over_http2_fields_reach_the_upstream_as_one_header() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start("", &format!("[[routes]]\npath = \"/\"\nupstream = \"{}\"\nauth = \"public\"\n", up.url())).await;
+    let h2 = client_for(&gw.cert_path(), true);
+    let r = h2.get(gw.url("/c")).header("cookie", "session=abc").header("cookie", "csrf=xyz").send().await.expect("send");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let cookies: Vec<_> = up.last().headers.get_all("cookie").iter().map(|v| v.to_str().expect("ascii").to_string()).collect();
+    assert_eq!(cookies, ["session=abc; csrf=xyz"]);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn without_login_cookie_the_cookie_does_not_authenticate_and_is_still_stripped() {
     let up = Upstream::start().await;

@@ -204,6 +204,9 @@ async fn absolute_form_targets_route_on_their_path_and_go_to_the_configured_upst
     assert_eq!(s.headers["host"], up.addr.to_string().as_str());
     // RFC 9112 §3.2.2: the target's authority, not Host, is the host asked for.
     assert_eq!(s.headers["x-forwarded-host"], "evil.example");
+    // RFC 9110 §4.2.4: userinfo in the target is an error, not a host.
+    let (st, seen) = exchange(&gw, &up, &format!("GET https://user@evil.example/p HTTP/1.1\r\n{H}\r\n")).await;
+    assert_eq!((st, seen.len()), (vec![400], 0));
     gw.stop().await;
 }
 
@@ -471,6 +474,18 @@ async fn http2_pseudo_header_abuse_is_refused() {
         &[(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":authority", "localhost"), (":path", "/p")],
     )
     .await;
+    // RFC 9113 §8.2.1: whitespace at either end of a value (an HTTP/1.1
+    // upstream trims it); §8.3.1: userinfo in :authority.
+    h2_refused(&gw, &up, "leading space", &with(&[("x-a", " b")])).await;
+    h2_refused(&gw, &up, "trailing tab", &with(&[("x-a", "b\t")])).await;
+    h2_refused(&gw, &up, "userinfo", &[(":method", "GET"), (":scheme", "https"), (":authority", "user@localhost"), (":path", "/p")]).await;
+    // HTTP/1.1 upstreams frame by one Content-Length.
+    let mut twice = post.clone();
+    twice.extend([("content-length", "5"), ("content-length", "5")]);
+    let hits = up.hits();
+    let answer = h2_once(&gw, &twice, Some(b"hello")).await;
+    assert!(matches!(answer, H2Answer::Reset(1) | H2Answer::GoAway(1) | H2Answer::Status(400)), "two Content-Length: {answer:?}");
+    assert_eq!(up.hits(), hits, "two Content-Length reached the upstream");
     // A matching host is fine (case-insensitive), and te: trailers is allowed.
     assert_eq!(h2_once(&gw, &with(&[("host", "LOCALHOST"), ("te", "trailers")]), None).await, H2Answer::Status(200));
     assert_eq!(up.hits(), 3);

@@ -49,6 +49,7 @@ fn server_config() -> authgate::config::ServerConfig {
         body_min_rate: 0,
         shutdown_grace: Duration::from_secs(2),
         max_connections: 100,
+        max_upstream_requests: 100,
         max_header_bytes: 16 * 1024,
         max_headers: 100,
         watch: false,

@@ -347,6 +347,24 @@ async fn a_response_with_trailers_leaves_its_connection_reusable() {
     gw.stop().await;
 }
 
+/// Trailers are stripped of connection-specific fields like a head: an
+/// HTTP/2 client resets a stream whose trailers hold `Connection` or
+/// `Transfer-Encoding` (RFC 9113 §8.2.2), and lost the body with it.
+#[tokio::test]
+async fn trailers_lose_their_connection_specific_fields() {
+    let script = answer_on(
+        "/trailers",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ntrlr\r\n0\r\nx-t: 1\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n",
+    );
+    let (addr, _log) = scripted_upstream(script).await;
+    let gw = gateway(addr).await;
+    let h2 = client_for(&gw.cert_path(), true);
+    let r = h2.get(gw.url("/trailers")).header("te", "trailers").send().await.expect("send");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.text().await.expect("the body, not a reset stream"), "trlr");
+    gw.stop().await;
+}
+
 /// An upstream that switches protocols on a request that did not ask to:
 /// 502, never a 101 passed to the client on a connection that stays HTTP.
 #[tokio::test]

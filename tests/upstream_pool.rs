@@ -274,3 +274,46 @@ async fn bodies_that_trickle_both_ways_go_through_whole_on_one_connection() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "one upstream connection for the three requests");
     gw.stop().await;
 }
+
+/// Each request in flight holds an upstream connection, and one HTTP/2
+/// client can have many in flight: `max_upstream_requests` bounds them all
+/// together, so clients cannot make authgate open upstream connections
+/// until it runs out of files. A request over the limit waits up to
+/// `upstream_timeout` for a slot, then gets 503; a slot frees when its
+/// response is done with.
+#[tokio::test]
+async fn requests_in_flight_to_upstreams_are_bounded() {
+    let up = Upstream::start().await;
+    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"{}\"\nauth = \"public\"\n", up.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = with_server(&config_text(dir.path(), "", &routes), "max_upstream_requests = 2")
+        .replace("upstream_timeout = \"2s\"", "upstream_timeout = \"1s\"");
+    let gw = Gateway::start_in(dir, &text).await;
+    // Two large downloads their clients do not read: both slots held.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+        s.write_all(b"GET /bytes/100000000 HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
+        let mut buf = [0u8; 1024];
+        assert!(s.read(&mut buf).await.expect("head") > 0);
+        holders.push(s);
+    }
+    let started = std::time::Instant::now();
+    let r = gw.client.get(gw.url("/third")).send().await.expect("send");
+    assert_eq!(r.status(), 503, "over the limit");
+    assert!(started.elapsed() >= Duration::from_millis(900), "waited {:?} for a slot", started.elapsed());
+    assert_eq!(json(r).await["error"], "unavailable");
+    assert_eq!(up.conns.load(Ordering::SeqCst), 2, "no third upstream connection was opened");
+    // The clients leave: their slots come back.
+    drop(holders);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = gw.client.get(gw.url("/fourth")).send().await.expect("send").status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "a slot came back");
+    gw.stop().await;
+}
