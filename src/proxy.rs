@@ -354,14 +354,11 @@ pub async fn forward(
         // HTTP/2 client can have many in flight on one connection: their
         // number is bounded (`max_upstream_requests`), or one client could
         // open upstream connections until the process runs out of files.
-        let slot = match pool.slots().clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => match tokio::time::timeout(s.upstream_timeout, pool.slots().clone().acquire_owned()).await {
-                Ok(Ok(slot)) => slot,
-                _ => {
-                    return Err(GatewayError::Unavailable("too many requests in flight to upstreams (server.max_upstream_requests)".into()));
-                }
-            },
+        let slot = match pool.slots().try_take() {
+            Some(slot) => slot,
+            None => tokio::time::timeout(s.upstream_timeout, pool.slots().take())
+                .await
+                .map_err(|_| GatewayError::Unavailable("too many requests in flight to upstreams (server.max_upstream_requests)".into()))?,
         };
         let resp = head_within(s, pool.send(req), moved.as_ref()).await?.map(|b| b.holding(slot));
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -14,6 +14,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -83,7 +84,66 @@ pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// Requests in flight to upstreams, shared by all pools of a gateway
     /// (`server.max_upstream_requests`; see `proxy::forward`).
-    slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<Slots>,
+}
+
+/// A counting limit on requests in flight, taken and given back on every
+/// proxied request: one compare-and-swap each way. (tokio's `Semaphore`
+/// takes its waiters' mutex on every release.)
+pub struct Slots {
+    used: AtomicUsize,
+    max: usize,
+    /// Requests waiting in [`Slots::take`]; a release wakes one only then.
+    waiting: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+/// One request's slot, given back when dropped.
+pub struct Slot(Arc<Slots>);
+
+impl Slots {
+    pub fn new(max: usize) -> Arc<Slots> {
+        Arc::new(Slots { used: AtomicUsize::new(0), max, waiting: AtomicUsize::new(0), freed: tokio::sync::Notify::new() })
+    }
+
+    /// A slot if one is free now.
+    pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1)).ok()?;
+        Some(Slot(self.clone()))
+    }
+
+    /// Waits for a slot (callers bound the wait).
+    pub async fn take(self: &Arc<Self>) -> Slot {
+        // Counted as waiting before looking, so that a slot given back
+        // between the look and the wait still wakes this one.
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _done = Waiting(self);
+        loop {
+            let notified = self.freed.notified();
+            if let Some(slot) = self.try_take() {
+                return slot;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct Waiting<'a>(&'a Slots);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+        if self.0.waiting.load(Ordering::Acquire) > 0 {
+            // Stored if the waiter is between its look and its wait.
+            self.0.freed.notify_one();
+        }
+    }
 }
 
 /// Why no response came back.
@@ -98,16 +158,16 @@ pub enum SendError {
 impl Pool {
     /// A pool with no limit of its own on requests in flight.
     pub fn new(authority: Authority) -> Pool {
-        Pool::sharing(authority, Arc::new(tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS)))
+        Pool::sharing(authority, Slots::new(usize::MAX))
     }
 
-    fn sharing(authority: Authority, slots: Arc<tokio::sync::Semaphore>) -> Pool {
+    fn sharing(authority: Authority, slots: Arc<Slots>) -> Pool {
         let host = http::HeaderValue::from_str(authority.as_str()).ok();
         Pool { authority, host, idle: Mutex::new(Vec::new()), slots }
     }
 
     /// The slots for requests in flight to upstreams.
-    pub fn slots(&self) -> &Arc<tokio::sync::Semaphore> {
+    pub fn slots(&self) -> &Arc<Slots> {
         &self.slots
     }
 
@@ -225,12 +285,12 @@ pub struct PooledBody {
     ended: bool,
     /// The request's slot among those in flight to upstreams, given back
     /// when the body is done.
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    slot: Option<Slot>,
 }
 
 impl PooledBody {
     /// Holds `slot` until the body is done with.
-    pub fn holding(mut self, slot: tokio::sync::OwnedSemaphorePermit) -> PooledBody {
+    pub fn holding(mut self, slot: Slot) -> PooledBody {
         self.slot = Some(slot);
         self
     }
@@ -321,7 +381,7 @@ pub struct Upstreams {
 impl Upstreams {
     /// At most `in_flight` requests at once to all of them together.
     pub fn new<'a>(authorities: impl IntoIterator<Item = &'a Authority>, in_flight: usize) -> Upstreams {
-        let slots = Arc::new(tokio::sync::Semaphore::new(in_flight.min(tokio::sync::Semaphore::MAX_PERMITS)));
+        let slots = Slots::new(in_flight);
         let mut pools: Vec<Arc<Pool>> = Vec::new();
         for a in authorities {
             if !pools.iter().any(|p| p.authority == *a) {
@@ -350,6 +410,28 @@ impl Upstreams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn slots_bound_and_wake_a_waiter_when_one_comes_back() {
+        let slots = Slots::new(2);
+        let (a, b) = (slots.try_take().expect("one"), slots.try_take().expect("two"));
+        assert!(slots.try_take().is_none(), "a third over the limit");
+        let waiter = tokio::spawn({
+            let slots = slots.clone();
+            async move { slots.take().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        drop(a);
+        let c = tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("woken").expect("join");
+        assert!(slots.try_take().is_none());
+        // A waiter that gives up leaves no count behind.
+        assert!(tokio::time::timeout(Duration::from_millis(20), slots.take()).await.is_err());
+        assert_eq!(slots.waiting.load(Ordering::Acquire), 0);
+        drop((b, c));
+        assert_eq!(slots.used.load(Ordering::Acquire), 0);
+        assert!(slots.try_take().is_some());
+    }
 
     #[test]
     fn one_pool_per_authority_whatever_its_case() {
