@@ -391,8 +391,9 @@ impl App {
             return Err(GatewayError::BadRequest("the request needs one Host header, naming its authority"));
         }
         // RFC 9110 §4.2.4, RFC 9113 §8.3.1: no userinfo in an https
-        // authority; it would reach X-Forwarded-Host.
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // authority, nor in Host (RFC 9110 §7.2 gives it none); either
+        // would reach X-Forwarded-Host.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) || host.is_some_and(|h| h.as_bytes().contains(&b'@')) {
             return Err(GatewayError::BadRequest("the request's authority must not hold userinfo"));
         }
         if req.version() == http::Version::HTTP_2 {

@@ -143,6 +143,17 @@ impl Activity {
         self.last.store(self.now_ms(), Relaxed);
     }
 
+    /// Bytes went out. On HTTP/2 between streams they answer the client's
+    /// pings and settings: no more activity than those were (`on_read`),
+    /// or a client pinging every few seconds would hold its connection
+    /// (and its `max_connections` slot) for ever.
+    fn on_io_write(&self) {
+        if self.http2.load(Relaxed) && self.busy.load(Relaxed) == 0 && self.responding.load(Relaxed) == 0 {
+            return;
+        }
+        self.on_write();
+    }
+
     /// The TLS handshake (whose bytes do not pass through `WatchedIo`) just
     /// finished: the connection's idle time counts from here.
     pub fn handshake_done(&self) {
@@ -348,7 +359,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         self.activity.dirty.store(true, Relaxed);
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_write();
+            self.activity.on_io_write();
         }
         r
     }
@@ -357,7 +368,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
         self.activity.dirty.store(true, Relaxed);
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_write();
+            self.activity.on_io_write();
         }
         r
     }
@@ -412,8 +423,11 @@ mod tests {
     fn http2_reads_are_frames() {
         let a = Activity::new(Duration::from_secs(10));
         a.http2();
+        std::thread::sleep(Duration::from_millis(5));
         a.on_read(b"\0\0\0\x04\x01\0\0\0\0");
         assert_eq!(a.head_started.load(Relaxed), 0, "a frame is no head");
         assert_eq!(a.last.load(Relaxed), 0, "a frame between streams is no activity");
+        a.on_io_write();
+        assert_eq!(a.last.load(Relaxed), 0, "nor is the answer to it");
     }
 }

@@ -28,6 +28,9 @@ pub struct Identity {
     /// issuer's), or for a token without one a digest of its signed part
     /// (see `content_id`), so that every token can be revoked.
     jti: String,
+    /// For an external issuer's `{iss}#{jti}`, where the bare `jti` starts
+    /// (0 otherwise): see `legacy_jti`.
+    bare_jti: usize,
     claims: Map<String, Value>,
     /// The identity headers' values, built by the first request that
     /// forwards this identity (`IdentityRules::apply`) and reused by the
@@ -54,6 +57,13 @@ impl Identity {
     /// (an IdP's, say) `sha256:` and the digest of its signed part.
     pub fn jti(&self) -> &str {
         &self.jti
+    }
+    /// An external issuer's token's bare `jti`: what revoked it before
+    /// jtis were scoped by their issuer. Such revocations, recorded by an
+    /// earlier version, must still hold until they expire. (Nothing
+    /// records a bare jti for an external token any more.)
+    pub fn legacy_jti(&self) -> Option<&str> {
+        (self.bare_jti > 0).then(|| &self.jti[self.bare_jti..])
     }
     pub fn claim(&self, name: &str) -> Option<&Value> {
         self.claims.get(name)
@@ -314,16 +324,16 @@ fn check_claims(
         Some(_) => return Err(TokenError::Malformed),
         None => return Err(TokenError::MissingClaim),
     };
-    let jti = match claims.get("jti") {
+    let (jti, bare_jti) = match claims.get("jti") {
         // RFC 7519 §4.1.7: a jti is unique within its issuer only, so an
         // external issuer's is scoped by it: an IdP's jti must not name
         // (and revoke) a token of ours or of another IdP.
-        Some(Value::String(j)) if !j.is_empty() && external => format!("{issuer}#{j}"),
-        Some(Value::String(j)) if !j.is_empty() => j.clone(),
-        Some(Value::String(_)) | None => content_id(message),
+        Some(Value::String(j)) if !j.is_empty() && external => (format!("{issuer}#{j}"), issuer.len() + 1),
+        Some(Value::String(j)) if !j.is_empty() => (j.clone(), 0),
+        Some(Value::String(_)) | None => (content_id(message), 0),
         Some(_) => return Err(TokenError::Malformed),
     };
-    Ok(Identity { sub, exp, iat, jti, claims, header_values: std::sync::OnceLock::new() })
+    Ok(Identity { sub, exp, iat, jti, bare_jti, claims, header_values: std::sync::OnceLock::new() })
 }
 
 /// Mints tokens with the configured signing key.

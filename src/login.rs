@@ -180,23 +180,40 @@ async fn password_grant(app: &App, login: &Login, client: IpAddr, form: &HashMap
     let refresh = random_id(32);
     let (family, token_hash, now) = (random_id(16), hash_token(&refresh), now_secs());
     let expires = now.saturating_add(login.config.refresh_ttl.as_secs());
+    let shared = app.store.shared_limits();
+    // The cut-off before anything is written: a revoke-all that lands
+    // while this login runs is seen by comparing with it (below).
+    let before = if shared { cutoff(app, &user.username).await? } else { 0 };
     let sub = user.username.clone();
     let fam = family.clone();
     store::blocking(&app.store, move |s| s.create_family(&fam, &sub, &token_hash, now, expires)).await.map_err(unavailable)?;
-    if app.store.shared_limits() && !current_entry(app, user).await? {
+    let refuse = |why: &'static str| async move {
+        store::blocking(&app.store, move |s| s.revoke_family(&family)).await.map_err(unavailable)?;
+        tracing::warn!(%client, sub = %user.username, "login refused: {why}");
+        Err(BAD_CREDENTIALS)
+    };
+    if shared && !current_entry(app, user).await? {
         // Another replica has loaded a newer users file (or an older one):
         // a password it no longer takes must not open a session here.
-        store::blocking(&app.store, move |s| s.revoke_family(&family)).await.map_err(unavailable)?;
-        tracing::warn!(
-            %client,
-            sub = %user.username,
-            "login refused: another replica loaded a different entry for this user from the users file; reload this one (SIGHUP)"
-        );
-        return Err(BAD_CREDENTIALS);
+        return refuse("another replica loaded a different entry for this user from the users file; reload this one (SIGHUP)").await;
     }
-    let access = mint(app, user).await?;
+    let (access, cutoff_seen) = mint(app, user).await?;
+    // A revoke-all (another replica loading a change, `authgate revoke
+    // --sub`) recorded during this login: the token was issued at its
+    // cut-off, which it would survive. One recorded after `mint` read the
+    // cut-off is later than the token, and ends it and the family.
+    if shared && cutoff_seen > before {
+        return refuse("the user's sessions were revoked while this login ran").await;
+    }
     tracing::info!(%client, sub = %user.username, "login");
     Ok(token_response(app, access, &refresh))
+}
+
+/// A subject's revoke-all cut-off, the store's or the denylist's.
+async fn cutoff(app: &App, sub: &str) -> Result<u64, GatewayError> {
+    let name = sub.to_string();
+    let stored = store::blocking(&app.store, move |s| s.subject_cutoff(&name)).await.map_err(unavailable)?;
+    Ok(stored.unwrap_or(0).max(app.denylist.subject_cutoff(sub).unwrap_or(0)))
 }
 
 /// Is this replica's entry for `user` the one the shared store last
@@ -229,7 +246,7 @@ async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>,
                 store::blocking(&app.store, move |s| s.revoke_family(&family)).await.map_err(unavailable)?;
                 return Err(BAD_REFRESH);
             };
-            let access = mint(app, user).await?;
+            let (access, _) = mint(app, user).await?;
             Ok(token_response(app, access, &refresh))
         }
         Rotation::Reused { sub } => {
@@ -290,16 +307,17 @@ async fn revoke_token(app: &App, token: &str) -> Result<(), GatewayError> {
 /// An access token for `user`: roles, the users-file claims, and an `iat`
 /// not before the subject's revoke-all cut-off (so logging in again right
 /// after `authgate revoke` works).
-async fn mint(app: &App, user: &User) -> Result<crate::jwt::Minted, GatewayError> {
+/// An access token for `user`, issued no earlier than the user's cut-off
+/// (which it is then not refused by); also returns that cut-off.
+async fn mint(app: &App, user: &User) -> Result<(crate::jwt::Minted, u64), GatewayError> {
     let signer = app.signer.as_ref().ok_or_else(|| GatewayError::Unavailable("no signing key (jwt.public_key only)".into()))?;
-    let sub = user.username.clone();
-    let stored = store::blocking(&app.store, move |s| s.subject_cutoff(&sub)).await.map_err(unavailable)?;
-    let cutoff = stored.unwrap_or(0).max(app.denylist.subject_cutoff(&user.username).unwrap_or(0));
+    let cutoff = cutoff(app, &user.username).await?;
     let mut claims = user.claims.clone();
     claims.insert("roles".into(), Value::from(user.roles.clone()));
-    signer
+    let minted = signer
         .sign_issued_at(&user.username, &claims, app.config.jwt.access_ttl, cutoff)
-        .map_err(|e| GatewayError::Unavailable(format!("cannot sign the token: {e}")))
+        .map_err(|e| GatewayError::Unavailable(format!("cannot sign the token: {e}")))?;
+    Ok((minted, cutoff))
 }
 
 fn token_response(app: &App, access: crate::jwt::Minted, refresh: &str) -> Response<Body> {

@@ -17,8 +17,11 @@ pub struct Denylist {
 
 impl Denylist {
     pub fn is_revoked(&self, id: &Identity) -> bool {
-        if read(&self.jtis).contains_key(id.jti()) {
-            return true;
+        {
+            let jtis = read(&self.jtis);
+            if jtis.contains_key(id.jti()) || id.legacy_jti().is_some_and(|j| jtis.contains_key(j)) {
+                return true;
+            }
         }
         match read(&self.cutoffs).get(id.sub()) {
             // A token without `iat` cannot prove it came after the cut-off.

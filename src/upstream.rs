@@ -108,18 +108,23 @@ impl Slots {
 
     /// A slot if one is free now.
     pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
-        self.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1)).ok()?;
+        // SeqCst here and in `Slot::drop`: a waiter's `waiting` increment
+        // then its look at `used`, against a release's `used` decrement
+        // then its look at `waiting`, must not both read the old values.
+        self.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max).then_some(n + 1)).ok()?;
         Some(Slot(self.clone()))
     }
 
     /// Waits for a slot (callers bound the wait).
     pub async fn take(self: &Arc<Self>) -> Slot {
-        // Counted as waiting before looking, so that a slot given back
-        // between the look and the wait still wakes this one.
-        self.waiting.fetch_add(1, Ordering::AcqRel);
+        // Counted as waiting before looking, and registered for a wake-up
+        // before looking too (`enable`): a slot given back in between wakes
+        // this waiter, and two given back wake two waiters, not one.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         let _done = Waiting(self);
         loop {
-            let notified = self.freed.notified();
+            let mut notified = std::pin::pin!(self.freed.notified());
+            notified.as_mut().enable();
             if let Some(slot) = self.try_take() {
                 return slot;
             }
@@ -132,15 +137,14 @@ struct Waiting<'a>(&'a Slots);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.used.fetch_sub(1, Ordering::AcqRel);
-        if self.0.waiting.load(Ordering::Acquire) > 0 {
-            // Stored if the waiter is between its look and its wait.
+        self.0.used.fetch_sub(1, Ordering::SeqCst);
+        if self.0.waiting.load(Ordering::SeqCst) > 0 {
             self.0.freed.notify_one();
         }
     }
@@ -431,6 +435,20 @@ mod tests {
         drop((b, c));
         assert_eq!(slots.used.load(Ordering::Acquire), 0);
         assert!(slots.try_take().is_some());
+
+        // Two waiters, two releases at once: both are woken.
+        let (a, b) = (slots.try_take().expect("one"), slots.try_take().expect("two"));
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let slots = slots.clone();
+                tokio::spawn(async move { slots.take().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop((a, b));
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(1), w).await.expect("both waiters woken").expect("join");
+        }
     }
 
     #[test]

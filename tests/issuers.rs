@@ -173,24 +173,33 @@ async fn a_reload_while_the_idp_is_down_keeps_its_keys() {
     gw.stop().await;
 }
 
-/// RFC 7519 §4.1.7: a jti is unique within its issuer. Revoking one jti
-/// must not revoke another issuer's token that happens to carry the same.
+/// RFC 7519 §4.1.7: a jti is unique within its issuer. An IdP token that
+/// copies the jti of one of authgate's own tokens, revoked (as
+/// `/token/revoke` does), must not revoke that token.
 #[tokio::test]
 async fn a_jti_is_revoked_within_its_issuer_only() {
     let k1 = IdpKey::generate(Algorithm::ES256, "k1");
     let idp = JwksServer::start(jwks(&[&k1]), "max-age=3600").await;
     let gw = Gateway::start(&issuer_toml(&idp.url(), Some(&idp.ca)), ROUTES).await;
-    let mut claims = idp_claims(ISS, "api", "u1");
-    claims["jti"] = json!("same-jti");
+    let local = gw.token("victim", json!({}));
+    let now = authgate::jwt::now_secs();
+    let local_jti = gw.app().verifier.verify(&local, now).expect("local token").jti().to_string();
+    let mut claims = idp_claims(ISS, "api", "attacker");
+    claims["jti"] = json!(local_jti);
     let idp_token = k1.sign(&claims);
     eventually(Duration::from_secs(10), "the JWKS is fetched at start", async || status(&gw, &idp_token).await == 200).await;
-    let far = authgate::jwt::now_secs() + 3600;
-    // What revoking a local token with that jti writes: the IdP's token stands.
-    gw.app().denylist.revoke_jti("same-jti", far);
-    assert_eq!(status(&gw, &idp_token).await, 200, "another issuer's jti revoked the IdP's token");
-    // Revoked through /token/revoke or the store, it is its issuer's.
-    gw.app().denylist.revoke_jti(&format!("{ISS}#same-jti"), far);
-    refused(&gw, &idp_token, "the token has been revoked", "the IdP's own jti").await;
+    let idp_id = gw.app().verifier.verify(&idp_token, now).expect("idp token");
+    assert_eq!(idp_id.jti(), format!("{ISS}#{local_jti}"));
+    gw.app().denylist.revoke_jti(idp_id.jti(), idp_id.exp());
+    refused(&gw, &idp_token, "the token has been revoked", "the revoked IdP token").await;
+    assert_eq!(status(&gw, &local).await, 200, "another issuer's jti revoked authgate's own token");
+    // A revocation an earlier version recorded (the bare jti) still holds.
+    let mut claims = idp_claims(ISS, "api", "u2");
+    claims["jti"] = json!("revoked-before-the-upgrade");
+    let old = k1.sign(&claims);
+    assert_eq!(status(&gw, &old).await, 200);
+    gw.app().denylist.revoke_jti("revoked-before-the-upgrade", now + 600);
+    refused(&gw, &old, "the token has been revoked", "a revocation recorded by the bare jti").await;
     gw.stop().await;
 }
 

@@ -371,6 +371,15 @@ async fn during_a_rolling_reload_the_old_password_opens_no_session_on_a_stale_re
     eventually(Duration::from_secs(2), "the session from before ends on b", async || call(&b, &before).await == 401).await;
 
     assert_eq!(login(&a, "alice", "pw-alice").await.status(), 400);
+    // A user removed from the file likewise (recorded as removed, not forgotten).
+    let file = dir.path().join("users.toml");
+    let text = std::fs::read_to_string(&file).expect("users");
+    let bob = text.find("\n\n[[users]]\nusername = \"bob\"").expect("bob's entry");
+    std::fs::write(&file, &text[..bob + 1]).expect("remove bob");
+    a.running().reload().await.expect("reload a without bob");
+    assert_eq!(login(&b, "bob", "pw-bob").await.status(), 400, "the stale replica logged in a removed user");
+    std::fs::write(&file, &text).expect("bob back");
+    a.running().reload().await.expect("reload a with bob");
     let stale = login(&b, "alice", "pw-alice").await;
     assert_eq!(stale.status(), 400, "the stale replica opened a session with the old password");
     assert_eq!(json(stale).await["error"], "invalid_grant");

@@ -207,6 +207,8 @@ async fn absolute_form_targets_route_on_their_path_and_go_to_the_configured_upst
     // RFC 9110 §4.2.4: userinfo in the target is an error, not a host.
     let (st, seen) = exchange(&gw, &up, &format!("GET https://user@evil.example/p HTTP/1.1\r\n{H}\r\n")).await;
     assert_eq!((st, seen.len()), (vec![400], 0));
+    let (st, seen) = exchange(&gw, &up, "GET /p HTTP/1.1\r\nHost: evil@localhost\r\n\r\n").await;
+    assert_eq!((st, seen.len()), (vec![400], 0), "userinfo in Host");
     gw.stop().await;
 }
 

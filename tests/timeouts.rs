@@ -145,3 +145,29 @@ async fn an_upload_the_upstream_answers_early_is_not_cut_at_the_header_timeout()
     assert!(text.starts_with("HTTP/1.1 200") && text.contains("done") && text.ends_with("0\r\n\r\n"), "answer: {text:?}");
     upload.await.expect("the upload went through");
 }
+
+/// Nor do a client's pings keep an HTTP/2 connection without streams open:
+/// authgate's answers to them are no more activity than they are. It
+/// closes at idle_timeout after its last stream, with a GOAWAY, as if the
+/// client were silent.
+#[tokio::test]
+async fn pings_do_not_keep_an_idle_http2_connection_open() {
+    let gw = gateway("2s").await;
+    let tls = raw_tls(&gw, &[b"h2"]).await;
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(300))
+        .keep_alive_while_idle(true)
+        .handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .expect("h2");
+    let conn = tokio::spawn(conn);
+    let get = http::Request::get(format!("https://localhost:{}/a", gw.addr.port()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    assert_eq!(send.send_request(get).await.expect("request").status(), 200);
+    let started = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(8), conn).await;
+    assert!(closed.is_ok(), "still open {:?} after its last stream, idle_timeout 2 s, the client pinging", started.elapsed());
+    assert!(started.elapsed() >= Duration::from_millis(1500), "closed after {:?}", started.elapsed());
+}

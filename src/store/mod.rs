@@ -55,15 +55,23 @@ pub struct Cursor {
 }
 
 /// What a gateway writes back to a store that lost its data ([`Store::restore`]).
+///
+/// Not the users file's fingerprints: replicas in a rolling update hold
+/// different files, and the first to write would win, newer or older. A
+/// store without them judges no login by them, and the next reload or
+/// start of a replica records its file (`sync_users`).
 #[derive(Debug, Default)]
 pub struct Restore {
     /// (jti, refuse until unix seconds)
     pub jtis: Vec<(String, u64)>,
     /// (sub, cut-off unix seconds)
     pub cutoffs: Vec<(String, u64)>,
-    /// (username, fingerprint) of the users file this gateway loaded.
-    pub users: Vec<(String, TokenHash)>,
 }
+
+/// The fingerprint recorded for a user removed from the users file: a
+/// replica still running a file that has the user sees it differ from its
+/// own and opens no session (`login::current_entry`).
+pub const REMOVED: TokenHash = [0xff; 32];
 
 /// One login limit to charge in a shared store: a GCRA cell of `burst`
 /// attempts, one more every `interval`.
@@ -111,10 +119,9 @@ pub trait Store: Send + Sync {
     }
     /// Writes back what a gateway still knows after the store lost its data
     /// (a Redis restarted without persistence: its epoch changed): revoked
-    /// jtis, cut-offs, and fingerprints of users the store has none for.
-    /// Nothing is revoked anew: a cut-off or a jti's time only grows, and
-    /// refresh families are left alone. Only a store that can lose its
-    /// data while a gateway runs does anything.
+    /// jtis and cut-offs. Nothing is revoked anew: a cut-off or a jti's
+    /// time only grows, and refresh families are left alone. Only a store
+    /// that can lose its data while a gateway runs does anything.
     fn restore(&self, _lost: &Restore) -> Result<()> {
         Ok(())
     }
@@ -230,9 +237,11 @@ pub fn sync_users(
             revoked.push(u.username.clone());
         }
     }
-    for name in known.keys() {
-        if !present.contains(name.as_str()) {
-            store.set_user_fingerprint(name, None)?;
+    for (name, fp) in &known {
+        // Recorded as removed (not forgotten), so that a replica still on
+        // a file with the user refuses its logins; done once.
+        if !present.contains(name.as_str()) && *fp != REMOVED {
+            store.set_user_fingerprint(name, Some(&REMOVED))?;
             store.revoke_subject(name, cutoff.max(crate::jwt::now_secs() + 1))?;
             revoked.push(name.clone());
         }
@@ -265,12 +274,11 @@ async fn restore(app: &crate::app::App) -> bool {
     let mut jtis = app.denylist.jtis();
     jtis.retain(|(_, until)| *until >= now);
     let cutoffs = app.denylist.cutoffs();
-    let users = app.login.as_ref().map(|l| l.users.fingerprints().into_iter().collect()).unwrap_or_default();
-    let lost = Restore { jtis, cutoffs, users };
-    let counts = (lost.jtis.len(), lost.cutoffs.len(), lost.users.len());
+    let lost = Restore { jtis, cutoffs };
+    let counts = (lost.jtis.len(), lost.cutoffs.len());
     match blocking(&app.store, move |s| s.restore(&lost)).await {
         Ok(()) => {
-            tracing::info!(jtis = counts.0, cutoffs = counts.1, users = counts.2, "written back to the store");
+            tracing::info!(jtis = counts.0, cutoffs = counts.1, "written back to the store");
             true
         }
         Err(error) => {
@@ -323,7 +331,7 @@ pub async fn maintain(app: std::sync::Weak<crate::app::App>) {
                 *app.revocation_cursor.lock().unwrap_or_else(|p| p.into_inner()) = revocations.cursor;
                 if cursor.epoch != 0 && revocations.cursor.epoch != cursor.epoch {
                     tracing::warn!(
-                        "the store lost its data (a Redis restarted without persistence): writing back the revocations and users this gateway knows"
+                        "the store lost its data (a Redis restarted without persistence): writing back the revocations this gateway knows"
                     );
                     lost = true;
                 }
@@ -383,6 +391,7 @@ mod tests {
         assert_eq!(revoked, ["alice", "carol"]);
         assert!(store.subject_cutoff("alice").expect("cutoff").is_some());
         assert_eq!(store.subject_cutoff("bob").expect("cutoff"), None);
+        assert_eq!(store.user_fingerprint("carol").expect("fingerprint"), Some(REMOVED), "a removed user is recorded as removed");
         // The store holds the new file now, so the next reload changes nothing.
         assert!(sync_users(&store, &after, Some(&after.fingerprints()), 100).expect("sync").is_empty());
         // With nothing to compare against (a first start), nothing is revoked.

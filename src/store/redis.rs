@@ -177,8 +177,8 @@ return out
 // replicas), so every replica can send the same: the first one's entries
 // stand, the rest change nothing. No family is touched, no cut-off moved
 // past what some replica had.
-// KEYS: seq, jti_log, jti_exp, cutoffs, cutoff_log, users.
-// ARGV: prefix, channel, now, #jtis, (jti, until)..., #cutoffs, (sub, cutoff)..., #users, (name, fingerprint)...
+// KEYS: seq, jti_log, jti_exp, cutoffs, cutoff_log.
+// ARGV: prefix, channel, now, #jtis, (jti, until)..., #cutoffs, (sub, cutoff)...
 const RESTORE: &str = r"
 local now = tonumber(ARGV[3])
 local i = 4
@@ -205,10 +205,6 @@ for _ = 1, n do
     seq = redis.call('INCR', KEYS[1])
     redis.call('ZADD', KEYS[5], seq, sub)
   end
-end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('HSETNX', KEYS[6], ARGV[i], ARGV[i + 1]); i = i + 2
 end
 if seq > 0 then redis.call('PUBLISH', ARGV[2], seq) end
 return seq
@@ -521,13 +517,12 @@ impl Store for RedisStore {
     }
 
     fn restore(&self, lost: &super::Restore) -> Result<()> {
-        let keys = [key(&["seq"]), key(&["jti_log"]), key(&["jti_exp"]), key(&["cutoffs"]), key(&["cutoff_log"]), key(&["users"])];
+        let keys = [key(&["seq"]), key(&["jti_log"]), key(&["jti_exp"]), key(&["cutoffs"]), key(&["cutoff_log"])];
         let now = crate::jwt::now_secs();
-        let (mut jtis, mut cutoffs, mut users) =
-            (lost.jtis.chunks(RESTORE_BATCH), lost.cutoffs.chunks(RESTORE_BATCH), lost.users.chunks(RESTORE_BATCH));
+        let (mut jtis, mut cutoffs) = (lost.jtis.chunks(RESTORE_BATCH), lost.cutoffs.chunks(RESTORE_BATCH));
         loop {
-            let (j, c, u) = (jtis.next().unwrap_or_default(), cutoffs.next().unwrap_or_default(), users.next().unwrap_or_default());
-            if j.is_empty() && c.is_empty() && u.is_empty() {
+            let (j, c) = (jtis.next().unwrap_or_default(), cutoffs.next().unwrap_or_default());
+            if j.is_empty() && c.is_empty() {
                 return Ok(());
             }
             self.run(|conn| {
@@ -542,10 +537,6 @@ impl Store for RedisStore {
                 inv.arg(c.len());
                 for (sub, cutoff) in c {
                     inv.arg(sub).arg(*cutoff);
-                }
-                inv.arg(u.len());
-                for (name, fp) in u {
-                    inv.arg(name).arg(&fp[..]);
                 }
                 inv.invoke::<i64>(conn)
             })?;
