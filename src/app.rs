@@ -259,11 +259,14 @@ impl App {
                 // Built from the same routes as the route table: always there.
                 let pool = self.upstreams.pool(authority).ok_or_else(|| GatewayError::BadGateway("no pool for this upstream".into()))?;
                 proxy::retarget(&mut req, pool.host(), &pq)?;
-                let sent = Instant::now();
-                let resp = proxy::forward(pool, req, &self.config.server).await;
-                let took = sent.elapsed();
-                t.upstream = Some(took);
-                self.metrics.upstream(&route.label, took.as_secs_f64());
+                let mut sent = None;
+                let resp = proxy::forward(pool, req, &self.config.server, &mut sent).await;
+                // Not for a request that never went upstream (no slot free).
+                if let Some(sent) = sent {
+                    let took = sent.elapsed();
+                    t.upstream = Some(took);
+                    self.metrics.upstream(&route.label, took.as_secs_f64());
+                }
                 resp
             }
         }
@@ -498,7 +501,13 @@ impl App {
         let path = match original {
             Some(v) => {
                 let uri = v.to_str().map_err(|_| GatewayError::BadRequest("the original URI is not valid"))?;
-                let path = uri.split(['?', '#']).next().unwrap_or("/");
+                // A request target has no fragment (RFC 9112 §3.2): a `#`
+                // here came from the client raw, and a backend given the
+                // whole target may read `/public#/../admin` as `/admin`.
+                if uri.contains('#') {
+                    return Err(GatewayError::BadRequest("the original URI holds a '#'"));
+                }
+                let path = uri.split('?').next().unwrap_or("/");
                 normalise_path(if path.is_empty() { "/" } else { path }).map_err(|e| GatewayError::BadRequest(e.description()))?
             }
             None => "/".to_string(),

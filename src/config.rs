@@ -926,15 +926,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (n, unit) = s.split_at(split);
     let n: u64 = n.parse().map_err(|_| bad())?;
     let secs = |mul: u64| n.checked_mul(mul).map(Duration::from_secs).ok_or_else(bad);
-    match unit {
+    let d = match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => secs(1),
         "m" => secs(60),
         "h" => secs(3600),
         "d" => secs(86_400),
         _ => Err(bad()),
+    }?;
+    // Nothing here needs longer, and deadlines and expiry times computed
+    // from far larger ones overflow (a panic, or a token that has expired
+    // before it was issued).
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is longer than 100 years"));
     }
+    Ok(d)
 }
+
+/// The longest duration any setting or `--ttl` takes: 100 years.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// `"5/minute"`: 5 per minute, burst 5.
 pub fn parse_rate(s: &str) -> Result<Rate, String> {
@@ -1009,6 +1019,9 @@ mod tests {
         assert!(parse_duration("30").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("3 weeks").is_err());
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
+        assert!(parse_duration("36501d").is_err());
+        assert!(parse_duration("18446744073709551615s").is_err(), "far past 100 years");
         let r = parse_rate("5/minute").expect("valid");
         assert_eq!((r.count.get(), r.per), (5, Duration::from_secs(60)));
         assert!(parse_rate("0/second").is_err());

@@ -160,6 +160,18 @@ impl Activity {
         self.on_write();
     }
 
+    /// The connection starts to close gracefully. With nothing in flight,
+    /// its idle time counts from here, so that the close itself (an HTTP/2
+    /// GOAWAY) can go out before it is cut. A response still in flight keeps
+    /// its clock: one whose reader stalled past `idle_timeout` is dropped at
+    /// once, not given another `idle_timeout` in which a late read would
+    /// start it moving again.
+    pub fn closing(&self) {
+        if self.settled() {
+            self.on_write();
+        }
+    }
+
     /// A request head was parsed and handed to the service. The guard marks
     /// the end of the service call when dropped. `whole` says the request has
     /// no body (and is no upgrade): if the read that brought its head ended

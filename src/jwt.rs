@@ -382,7 +382,7 @@ impl Signer {
         min_iat: u64,
     ) -> Result<Minted, jsonwebtoken::errors::Error> {
         let now = now_secs();
-        let exp = now + ttl.as_secs();
+        let exp = now.saturating_add(ttl.as_secs());
         let jti = random_id(16);
         let mut claims = extra.clone();
         for (k, v) in [

@@ -276,6 +276,17 @@ pub fn revoke_subject_cli(config: &config::Config, sub: &str) -> anyhow::Result<
         }
         .into());
     }
+    // A gateway creates its database at start; none there means this is
+    // not the config it runs with (a typo in store.path), and a revocation
+    // written into a new one would reach no gateway.
+    if config.store.kind == config::StoreKind::Embedded && !config.store.path.exists() {
+        return Err(config::ConfigError {
+            file: config.file.clone(),
+            key: "store.path".into(),
+            message: format!("{}: no store there; is this the config the gateway runs with?", config.store.path.display()),
+        }
+        .into());
+    }
     let store = store::open(config)?;
     // +1: tokens issued earlier in this same second (iat has second resolution) are refused too.
     let cutoff = jwt::now_secs() + 1;

@@ -340,10 +340,14 @@ impl http_body::Body for TimedBody {
 /// head. The bodies stream through in both directions; nothing is buffered
 /// whole. A request body that breaks or stalls is the client's fault, not
 /// the upstream's: 400 or 408, not 502.
+///
+/// `sent` is set when the request goes to the upstream (after any wait for
+/// a slot): what `upstream_duration_seconds` and the access log measure from.
 pub async fn forward(
     pool: &Arc<Pool>,
     mut req: Request<Incoming>,
     s: &crate::config::ServerConfig,
+    sent: &mut Option<std::time::Instant>,
 ) -> Result<Response<Body>, GatewayError> {
     let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let hold = req.extensions_mut().remove::<crate::conn::ConnHold>();
@@ -360,6 +364,7 @@ pub async fn forward(
                 .await
                 .map_err(|_| GatewayError::Unavailable("too many requests in flight to upstreams (server.max_upstream_requests)".into()))?,
         };
+        *sent = Some(std::time::Instant::now());
         let resp = head_within(s, pool.send(req), moved.as_ref()).await?.map(|b| b.holding(slot));
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(GatewayError::BadGateway("upstream switched protocols unasked".into()));
@@ -368,6 +373,7 @@ pub async fn forward(
         response_headers(parts.status, &mut parts.headers);
         return Ok(Response::from_parts(parts, body.boxed()));
     };
+    *sent = Some(std::time::Instant::now());
     let mut resp = head_within(s, upstream::send_upgrade(pool.authority(), req), moved.as_ref()).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !is_websocket(resp.headers()) {
         return Err(GatewayError::BadGateway("upstream switched to a protocol other than the WebSocket asked for".into()));

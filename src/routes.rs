@@ -26,7 +26,7 @@ impl PathError {
             PathError::EncodedSeparator => "the path holds an encoded '/', '\\' or NUL",
             PathError::Backslash => "the path holds a '\\'",
             PathError::AboveRoot => "the path climbs above '/'",
-            PathError::ParameterDotSegment => "the path holds a dot-segment with parameters",
+            PathError::ParameterDotSegment => "the path holds a dot-segment with parameters, or after a segment of parameters only",
         }
     }
 }
@@ -119,8 +119,14 @@ pub fn normalise_path(raw: &str) -> Result<String, PathError> {
             "" => trailing_slash = n == last,
             "." => trailing_slash = n == last,
             ".." => {
-                if out.pop().is_none() {
-                    return Err(PathError::AboveRoot);
+                match out.pop() {
+                    None => return Err(PathError::AboveRoot),
+                    // `/public/;x/../admin`: here `..` cancels `;x`, but a
+                    // Java server drops `;x` first, merges the empty
+                    // segment and lets `..` cancel `public` (`/admin`).
+                    // Behind forward-auth the backend gets the raw path.
+                    Some(prev) if prev.starts_with(';') => return Err(PathError::ParameterDotSegment),
+                    Some(_) => {}
                 }
                 trailing_slash = n == last;
             }
@@ -298,6 +304,8 @@ mod tests {
         err("/a%zz", PathError::BadEscape);
         err("/a%2", PathError::BadEscape);
         err("/public/..;/admin", PathError::ParameterDotSegment);
+        err("/public/;x/../admin/secret", PathError::ParameterDotSegment);
+        err("/public/;/../admin", PathError::ParameterDotSegment);
         err("*", PathError::NotAbsolute);
     }
 

@@ -409,6 +409,10 @@ where
         // A response that stops moving (its client stopped reading) is dropped
         // after idle_timeout of silence instead of holding the connection forever.
         graceful(connection.as_mut());
+        // An idle deadline has already passed: without this the watchdog
+        // below would fire at once, before an HTTP/2 GOAWAY went out
+        // (see `Activity::closing`).
+        activity.closing();
         tokio::select! {
             _ = connection.as_mut() => {}
             _ = activity.clone().watchdog(deadlines.header, deadlines.idle, false) => tracing::debug!("connection stalled while finishing; dropped"),

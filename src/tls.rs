@@ -82,6 +82,13 @@ fn preferred_cipher_suites() -> Vec<rustls::SupportedCipherSuite> {
 
 /// Writes a self-signed ECDSA P-256 certificate for `hosts` and its key (0600).
 pub fn generate_self_signed(cert: &Path, key: &Path, hosts: &[String]) -> Result<(), String> {
+    // Each a DNS name or an IP address: a certificate for "" or "a b"
+    // matches no host a client can ask for.
+    for h in hosts {
+        if h.parse::<std::net::IpAddr>().is_err() && rustls::pki_types::DnsName::try_from(h.as_str()).is_err() {
+            return Err(format!("--host {h:?}: not a DNS name or an IP address"));
+        }
+    }
     let ck = rcgen::generate_simple_self_signed(hosts.to_vec()).map_err(|e| e.to_string())?;
     if let Some(dir) = cert.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

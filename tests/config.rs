@@ -87,6 +87,23 @@ fn a_leeway_beyond_clock_skew_is_an_error() {
     assert_eq!(out.status.code(), Some(0), "10m is allowed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Durations past 100 years overflowed: a deadline panicked on every
+/// request, and `token --ttl` printed a token that expired before it was issued.
+#[test]
+fn durations_past_a_century_are_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", ROUTES).replace("upstream_timeout = \"2s\"", "upstream_timeout = \"18446744073709551615s\"");
+    let line = assert_config_error(&check(dir.path(), &text, &[]), dir.path(), "server.upstream_timeout");
+    assert!(line.contains("100 years"), "{line}");
+    let text = config_text(dir.path(), "", ROUTES);
+    check(dir.path(), &text, &[]);
+    let file = dir.path().join("config.toml");
+    let out = run(&["token", "--config", file.to_str().expect("utf-8"), "--sub", "alice", "--ttl", "18446744073709551000s"], &[]);
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.stdout.is_empty(), "a token was printed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn bad_upstream_names_the_route_index() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -331,6 +348,15 @@ fn gen_cert_writes_a_certificate_and_key() {
         let mode = std::fs::metadata(out_dir.join("dev-key.pem")).expect("meta").permissions().mode();
         assert_eq!(mode & 0o077, 0, "the key is private: {mode:o}");
     }
+    // Names no client could ask for are refused, before anything is written.
+    for bad in ["", "a b", "x..example", "host with space"] {
+        let bad_dir = dir.path().join("bad");
+        let out = run(&["gen-cert", "--out", bad_dir.to_str().expect("utf-8"), "--host", bad], &[]);
+        assert_eq!(out.status.code(), Some(1), "--host {bad:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!bad_dir.join("dev-cert.pem").exists(), "--host {bad:?} wrote a certificate");
+    }
+    let ip = run(&["gen-cert", "--out", dir.path().join("ip").to_str().expect("utf-8"), "--host", "10.0.0.7", "--host", "::1"], &[]);
+    assert_eq!(ip.status.code(), Some(0), "IP addresses: {}", String::from_utf8_lossy(&ip.stderr));
 }
 
 #[tokio::test]

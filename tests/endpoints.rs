@@ -100,6 +100,13 @@ async fn forward_auth_selects_the_route_of_the_original_uri() {
         assert_eq!(r.status(), 403, "{header}: /public/../admin must be the admin route");
         let r = verify(&gw, header, "/public/%2e%2e/admin", None).await;
         assert_eq!(r.status(), 401, "{header}");
+        // The backend behind forward-auth gets the raw target: what it may
+        // read as another path than authgate would is refused. A Java
+        // server drops `;x`, then `..` cancels `public`; a `#` is no part
+        // of a target, and a backend may clean `/public#/../admin` to `/admin`.
+        for uri in ["/public/;x/../admin/secret", "/public/;/../admin", "/public#/../admin"] {
+            assert_eq!(verify(&gw, header, uri, None).await.status(), 400, "{header}: {uri}");
+        }
     }
     gw.stop().await;
 }

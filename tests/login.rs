@@ -382,6 +382,24 @@ async fn cli_revoke_with_a_memory_store_is_a_config_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("store.kind"));
 }
 
+/// A `store.path` no gateway has created (a typo, another config): the
+/// revocation would go into a new database that no gateway reads.
+#[tokio::test]
+async fn cli_revoke_into_a_store_no_gateway_created_is_a_config_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("users.toml"), alice_and_bob()).expect("users");
+    let text = login_config(dir.path(), "", "kind = \"embedded\"\npath = \"data/authgate-typo.db\"");
+    std::fs::write(dir.path().join("config.toml"), text).expect("config");
+    let out = std::process::Command::new(bin())
+        .args(["revoke", "--sub", "alice", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store.path"));
+    assert!(!dir.path().join("data").exists(), "revoke created a database (or its folder)");
+}
+
 #[tokio::test]
 async fn revocation_acknowledged_with_200_survives_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -123,3 +123,44 @@ async fn nginx_auth_request_passes_identity_and_refuses_bad_tokens() {
     drop(nginx);
     gw.stop().await;
 }
+
+/// With login cookies behind nginx: the cookie authenticates, and the
+/// cookie CSRF rule applies to the original request, WebSocket handshakes
+/// included (the snippet passes `Upgrade` and `Connection` to authgate).
+#[tokio::test]
+async fn nginx_auth_request_applies_the_cookie_origin_rule() {
+    let Some(bin) = nginx_binary() else { return };
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("users.toml"), format!("[[users]]\nusername = \"alice\"\npassword_hash = \"{}\"\n", quick_hash("pw")))
+        .expect("users");
+    let text =
+        config_text(dir.path(), "[login]\nusers_file = \"users.toml\"\ncookie = true\n", "[[routes]]\npath = \"/\"\nupstream = \"echo\"\n");
+    let gw = Gateway::start_in(dir, &text).await;
+    let nginx = start_nginx(&bin, &gw, &up).await;
+    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+    let url = |p: &str| format!("http://127.0.0.1:{}{p}", nginx.port);
+    let cookie = format!("authgate_access={}", gw.token("alice", json!({})));
+
+    let r = http.get(url("/page")).header("cookie", &cookie).send().await.expect("send");
+    assert_eq!(r.status(), 200, "a GET by cookie");
+    assert_eq!(up.last().headers["x-auth-subject"], "alice");
+    let hits = up.hits();
+    let r = http.post(url("/transfer")).header("cookie", &cookie).header("origin", "https://evil.example").send().await.expect("send");
+    assert_eq!(r.status(), 403, "a cross-site POST by cookie");
+    let r = http
+        .get(url("/socket"))
+        .header("cookie", &cookie)
+        .header("origin", "https://evil.example")
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 403, "a cross-site WebSocket handshake by cookie");
+    assert_eq!(up.hits(), hits, "refused requests must not reach the backend");
+    drop(nginx);
+    gw.stop().await;
+}

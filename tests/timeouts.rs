@@ -171,3 +171,21 @@ async fn pings_do_not_keep_an_idle_http2_connection_open() {
     assert!(closed.is_ok(), "still open {:?} after its last stream, idle_timeout 2 s, the client pinging", started.elapsed());
     assert!(started.elapsed() >= Duration::from_millis(1500), "closed after {:?}", started.elapsed());
 }
+
+/// An idle HTTP/2 connection ends with a GOAWAY (RFC 9113 §6.8), so that a
+/// client knows its next request was not taken: the client's connection
+/// ends cleanly, not with an unexpected end of stream.
+#[tokio::test]
+async fn an_idle_http2_connection_ends_with_a_goaway() {
+    let gw = gateway("2s").await;
+    let tls = raw_tls(&gw, &[b"h2"]).await;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls)).await.expect("h2");
+    let conn = tokio::spawn(conn);
+    let get = http::Request::get(format!("https://localhost:{}/a", gw.addr.port()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    assert_eq!(send.send_request(get).await.expect("request").status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(8), conn).await.expect("closed at idle_timeout").expect("join");
+    assert!(ended.is_ok(), "the connection ended without a GOAWAY: {ended:?}");
+}

@@ -304,6 +304,10 @@ async fn requests_in_flight_to_upstreams_are_bounded() {
     assert!(started.elapsed() >= Duration::from_millis(900), "waited {:?} for a slot", started.elapsed());
     assert_eq!(json(r).await["error"], "unavailable");
     assert_eq!(up.conns.load(Ordering::SeqCst), 2, "no third upstream connection was opened");
+    // The refused request never went upstream: no upstream latency for it.
+    let metrics = gw.app().metrics.encode();
+    let count = metrics.lines().find(|l| l.starts_with("authgate_upstream_duration_seconds_count{route=\"/\"}")).expect("the histogram");
+    assert!(count.ends_with(" 2"), "{count}");
     // The clients leave: their slots come back.
     drop(holders);
     let mut status = 0;
