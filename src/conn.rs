@@ -66,6 +66,10 @@ pub enum Expired {
     Park,
 }
 
+/// HTTP/2 writes shorter than this, between streams, are control frames
+/// (a PING ack is 17 bytes, a SETTINGS ack 9, a WINDOW_UPDATE 13).
+const CONTROL_WRITE: usize = 64;
+
 /// How long an HTTP/1 connection whose buffers are known to be empty stays
 /// quiet before it parks.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
@@ -143,12 +147,15 @@ impl Activity {
         self.last.store(self.now_ms(), Relaxed);
     }
 
-    /// Bytes went out. On HTTP/2 between streams they answer the client's
-    /// pings and settings: no more activity than those were (`on_read`),
-    /// or a client pinging every few seconds would hold its connection
-    /// (and its `max_connections` slot) for ever.
-    fn on_io_write(&self) {
-        if self.http2.load(Relaxed) && self.busy.load(Relaxed) == 0 && self.responding.load(Relaxed) == 0 {
+    /// `n` bytes went out. On HTTP/2 with no stream in flight, a write of a
+    /// few bytes answers the client's pings or settings, and is no more
+    /// activity than they were (`on_read`): a client pinging every few
+    /// seconds would hold its connection (and its `max_connections` slot)
+    /// for ever. A larger one is the end of a response that hyper has
+    /// taken whole but h2 still sends as the client's window opens (up to
+    /// a body chunk): a slow reader's download must not be cut.
+    fn on_io_write(&self, n: usize) {
+        if n < CONTROL_WRITE && self.http2.load(Relaxed) && self.busy.load(Relaxed) == 0 && self.responding.load(Relaxed) == 0 {
             return;
         }
         self.on_write();
@@ -370,8 +377,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.activity.dirty.store(true, Relaxed);
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_io_write();
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.activity.on_io_write(n);
         }
         r
     }
@@ -379,8 +388,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WatchedIo<T> {
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         self.activity.dirty.store(true, Relaxed);
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.on_io_write();
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.activity.on_io_write(n);
         }
         r
     }
@@ -439,7 +450,9 @@ mod tests {
         a.on_read(b"\0\0\0\x04\x01\0\0\0\0");
         assert_eq!(a.head_started.load(Relaxed), 0, "a frame is no head");
         assert_eq!(a.last.load(Relaxed), 0, "a frame between streams is no activity");
-        a.on_io_write();
+        a.on_io_write(17);
         assert_eq!(a.last.load(Relaxed), 0, "nor is the answer to it");
+        a.on_io_write(16_384);
+        assert_ne!(a.last.load(Relaxed), 0, "the rest of a response is");
     }
 }

@@ -180,40 +180,36 @@ async fn password_grant(app: &App, login: &Login, client: IpAddr, form: &HashMap
     let refresh = random_id(32);
     let (family, token_hash, now) = (random_id(16), hash_token(&refresh), now_secs());
     let expires = now.saturating_add(login.config.refresh_ttl.as_secs());
-    let shared = app.store.shared_limits();
-    // The cut-off before anything is written: a revoke-all that lands
-    // while this login runs is seen by comparing with it (below).
-    let before = if shared { cutoff(app, &user.username).await? } else { 0 };
     let sub = user.username.clone();
-    let fam = family.clone();
+    let (fam, fam_check) = (family.clone(), family.clone());
     store::blocking(&app.store, move |s| s.create_family(&fam, &sub, &token_hash, now, expires)).await.map_err(unavailable)?;
     let refuse = |why: &'static str| async move {
         store::blocking(&app.store, move |s| s.revoke_family(&family)).await.map_err(unavailable)?;
         tracing::warn!(%client, sub = %user.username, "login refused: {why}");
         Err(BAD_CREDENTIALS)
     };
-    if shared && !current_entry(app, user).await? {
+    if app.store.shared_limits() && !current_entry(app, user).await? {
         // Another replica has loaded a newer users file (or an older one):
         // a password it no longer takes must not open a session here.
         return refuse("another replica loaded a different entry for this user from the users file; reload this one (SIGHUP)").await;
     }
-    let (access, cutoff_seen) = mint(app, user).await?;
-    // A revoke-all (another replica loading a change, `authgate revoke
-    // --sub`) recorded during this login: the token was issued at its
-    // cut-off, which it would survive. One recorded after `mint` read the
-    // cut-off is later than the token, and ends it and the family.
-    if shared && cutoff_seen > before {
+    let (access, _) = mint(app, user).await?;
+    if !still_live(app, &fam_check).await? {
         return refuse("the user's sessions were revoked while this login ran").await;
     }
     tracing::info!(%client, sub = %user.username, "login");
     Ok(token_response(app, access, &refresh))
 }
 
-/// A subject's revoke-all cut-off, the store's or the denylist's.
-async fn cutoff(app: &App, sub: &str) -> Result<u64, GatewayError> {
-    let name = sub.to_string();
-    let stored = store::blocking(&app.store, move |s| s.subject_cutoff(&name)).await.map_err(unavailable)?;
-    Ok(stored.unwrap_or(0).max(app.denylist.subject_cutoff(sub).unwrap_or(0)))
+/// Is the session's family still live after its access token was minted?
+/// A revoke-all (`authgate revoke --sub`, another replica loading a
+/// changed users file) that landed after the family was written and before
+/// `mint` read the cut-off ended the family, but the token was issued at
+/// its cut-off, which it would survive: refuse it. One that lands after
+/// this check has a cut-off later than the token, and ends both.
+async fn still_live(app: &App, family: &str) -> Result<bool, GatewayError> {
+    let family = family.to_string();
+    store::blocking(&app.store, move |s| s.family_live(&family)).await.map_err(unavailable)
 }
 
 /// Is this replica's entry for `user` the one the shared store last
@@ -241,12 +237,20 @@ async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>,
     let now = now_secs();
     let rotation = store::blocking(&app.store, move |s| s.rotate_refresh(&old, &new, now)).await.map_err(unavailable)?;
     match rotation {
-        Rotation::Rotated { sub, family } => {
+        Rotation::Rotated { sub, family, cutoff } => {
             let Some(user) = login.users.get(&sub).filter(|u| !u.disabled) else {
                 store::blocking(&app.store, move |s| s.revoke_family(&family)).await.map_err(unavailable)?;
                 return Err(BAD_REFRESH);
             };
-            let (access, _) = mint(app, user).await?;
+            let (access, minted_at) = mint(app, user).await?;
+            // A revoke-all recorded after the rotation (which read the
+            // store's `cutoff` with it) and before `mint` read the cut-off:
+            // the token was issued at it, and would survive it. (Not the
+            // family's state: a concurrent reuse of the old token revokes
+            // the family too, and one of the two must still get its answer.)
+            if minted_at > cutoff {
+                return Err(BAD_REFRESH);
+            }
             Ok(token_response(app, access, &refresh))
         }
         Rotation::Reused { sub } => {
@@ -308,10 +312,13 @@ async fn revoke_token(app: &App, token: &str) -> Result<(), GatewayError> {
 /// not before the subject's revoke-all cut-off (so logging in again right
 /// after `authgate revoke` works).
 /// An access token for `user`, issued no earlier than the user's cut-off
-/// (which it is then not refused by); also returns that cut-off.
+/// (so that a login right after a revoke-all is not refused by it); also
+/// that cut-off.
 async fn mint(app: &App, user: &User) -> Result<(crate::jwt::Minted, u64), GatewayError> {
     let signer = app.signer.as_ref().ok_or_else(|| GatewayError::Unavailable("no signing key (jwt.public_key only)".into()))?;
-    let cutoff = cutoff(app, &user.username).await?;
+    let sub = user.username.clone();
+    let stored = store::blocking(&app.store, move |s| s.subject_cutoff(&sub)).await.map_err(unavailable)?;
+    let cutoff = stored.unwrap_or(0).max(app.denylist.subject_cutoff(&user.username).unwrap_or(0));
     let mut claims = user.claims.clone();
     claims.insert("roles".into(), Value::from(user.roles.clone()));
     let minted = signer

@@ -82,10 +82,11 @@ fn preferred_cipher_suites() -> Vec<rustls::SupportedCipherSuite> {
 
 /// Writes a self-signed ECDSA P-256 certificate for `hosts` and its key (0600).
 pub fn generate_self_signed(cert: &Path, key: &Path, hosts: &[String]) -> Result<(), String> {
-    // Each a DNS name or an IP address: a certificate for "" or "a b"
-    // matches no host a client can ask for.
+    // Each a DNS name (a wildcard's `*.` allowed) or an IP address: a
+    // certificate for "" or "a b" matches no host a client can ask for.
     for h in hosts {
-        if h.parse::<std::net::IpAddr>().is_err() && rustls::pki_types::DnsName::try_from(h.as_str()).is_err() {
+        let name = h.strip_prefix("*.").unwrap_or(h);
+        if h.parse::<std::net::IpAddr>().is_err() && rustls::pki_types::DnsName::try_from(name).is_err() {
             return Err(format!("--host {h:?}: not a DNS name or an IP address"));
         }
     }

@@ -357,6 +357,8 @@ fn gen_cert_writes_a_certificate_and_key() {
     }
     let ip = run(&["gen-cert", "--out", dir.path().join("ip").to_str().expect("utf-8"), "--host", "10.0.0.7", "--host", "::1"], &[]);
     assert_eq!(ip.status.code(), Some(0), "IP addresses: {}", String::from_utf8_lossy(&ip.stderr));
+    let wild = run(&["gen-cert", "--out", dir.path().join("wild").to_str().expect("utf-8"), "--host", "*.example.com"], &[]);
+    assert_eq!(wild.status.code(), Some(0), "a wildcard: {}", String::from_utf8_lossy(&wild.stderr));
 }
 
 #[tokio::test]

@@ -681,3 +681,90 @@ fn with_high_s(token: &str) -> String {
     sig2.extend_from_slice(&out);
     format!("{signed}.{}", b64.encode(sig2))
 }
+
+/// A store that, once armed, records a revoke-all of the subject just
+/// before the cut-off is read to mint a token: the moment a concurrent
+/// `authgate revoke --sub`, or another replica loading a changed users
+/// file, lands in the middle of a login or a refresh.
+struct RevokeMidway {
+    inner: authgate::store::memory::MemoryStore,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl authgate::store::Store for RevokeMidway {
+    fn create_family(&self, f: &str, s: &str, t: &authgate::store::TokenHash, n: u64, e: u64) -> authgate::store::Result<()> {
+        self.inner.create_family(f, s, t, n, e)
+    }
+    fn rotate_refresh(
+        &self,
+        o: &authgate::store::TokenHash,
+        n: &authgate::store::TokenHash,
+        now: u64,
+    ) -> authgate::store::Result<authgate::store::Rotation> {
+        self.inner.rotate_refresh(o, n, now)
+    }
+    fn revoke_refresh(&self, t: &authgate::store::TokenHash) -> authgate::store::Result<bool> {
+        self.inner.revoke_refresh(t)
+    }
+    fn revoke_family(&self, f: &str) -> authgate::store::Result<()> {
+        self.inner.revoke_family(f)
+    }
+    fn family_live(&self, f: &str) -> authgate::store::Result<bool> {
+        self.inner.family_live(f)
+    }
+    fn revoke_jti(&self, j: &str, u: u64) -> authgate::store::Result<()> {
+        self.inner.revoke_jti(j, u)
+    }
+    fn revoke_subject(&self, s: &str, c: u64) -> authgate::store::Result<()> {
+        self.inner.revoke_subject(s, c)
+    }
+    fn subject_cutoff(&self, s: &str) -> authgate::store::Result<Option<u64>> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.inner.revoke_subject(s, authgate::jwt::now_secs() + 1)?;
+        }
+        self.inner.subject_cutoff(s)
+    }
+    fn revocations_since(&self, c: authgate::store::Cursor) -> authgate::store::Result<authgate::store::Revocations> {
+        self.inner.revocations_since(c)
+    }
+    fn user_fingerprints(&self) -> authgate::store::Result<Vec<(String, authgate::store::TokenHash)>> {
+        self.inner.user_fingerprints()
+    }
+    fn set_user_fingerprint(&self, u: &str, f: Option<&authgate::store::TokenHash>) -> authgate::store::Result<()> {
+        self.inner.set_user_fingerprint(u, f)
+    }
+    fn prune(&self, now: u64) -> authgate::store::Result<u64> {
+        self.inner.prune(now)
+    }
+    fn shared_limits(&self) -> bool {
+        false
+    }
+    fn rate_limit(&self, _: &[authgate::store::RateCheck]) -> authgate::store::Result<Option<Duration>> {
+        Ok(None)
+    }
+    fn follow(&self, _: &std::sync::Arc<tokio::sync::Notify>) {}
+}
+
+/// A revoke-all that lands while a login or a refresh runs (after its
+/// family was written, before the token was minted) ends that session: the
+/// token, issued at the new cut-off, would have survived it.
+#[tokio::test]
+async fn a_revoke_all_during_a_login_or_a_refresh_ends_that_session() {
+    let gw = start(&alice_and_bob(), GENEROUS, "kind = \"memory\"").await;
+    let config = authgate::config::load(&gw.dir.path().join("config.toml")).expect("config");
+    let mut app = authgate::build_app(config).expect("app");
+    let store = std::sync::Arc::new(RevokeMidway { inner: Default::default(), armed: false.into() });
+    app.store = store.clone();
+    gw.running().reloader.install(std::sync::Arc::new(app));
+
+    let (_, refresh_token) = tokens(&gw, "bob", "pw-bob").await;
+    store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = password_login(&gw, "alice", "pw-alice").await;
+    assert_eq!(r.status(), 400, "a login the revoke-all landed in: {}", r.text().await.unwrap_or_default());
+    store.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(refresh(&gw, &refresh_token).await.status(), 400, "a refresh the revoke-all landed in");
+    // Right after a revoke-all, logins work again.
+    tokens(&gw, "alice", "pw-alice").await;
+    tokens(&gw, "bob", "pw-bob").await;
+    gw.stop().await;
+}

@@ -131,6 +131,9 @@ impl authgate::store::Store for Down {
     fn revoke_family(&self, _: &str) -> authgate::store::Result<()> {
         down()
     }
+    fn family_live(&self, _: &str) -> authgate::store::Result<bool> {
+        down()
+    }
     fn revoke_jti(&self, _: &str, _: u64) -> authgate::store::Result<()> {
         down()
     }

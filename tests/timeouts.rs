@@ -189,3 +189,88 @@ async fn an_idle_http2_connection_ends_with_a_goaway() {
     let ended = tokio::time::timeout(Duration::from_secs(8), conn).await.expect("closed at idle_timeout").expect("join");
     assert!(ended.is_ok(), "the connection ended without a GOAWAY: {ended:?}");
 }
+
+/// Reads at most 16 KB every 250 ms: a client on a slow link.
+struct Throttled<T> {
+    inner: T,
+    next: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Throttled<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::ready!(self.next.as_mut().poll(cx));
+        let mut chunk = vec![0u8; buf.remaining().min(16 * 1024)];
+        let mut limited = tokio::io::ReadBuf::new(&mut chunk);
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut limited);
+        if r.is_ready() {
+            buf.put_slice(limited.filled());
+            let at = tokio::time::Instant::now() + Duration::from_millis(250);
+            self.next.as_mut().reset(at);
+        }
+        r
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Throttled<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        b: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, b)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// An h2 response that hyper has taken whole, but that still waits in
+/// authgate for a slow client's socket, is activity as it goes out: the
+/// download completes, though it ends well after idle_timeout has passed
+/// since the last body chunk was taken.
+#[tokio::test]
+async fn a_slow_http2_download_is_not_cut_at_idle_timeout() {
+    use http_body_util::BodyExt;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"{}\"\nauth = \"public\"\n", up.url());
+    let text =
+        config_text(dir.path(), "", &routes).replace("header_read_timeout = \"2s\"", "header_read_timeout = \"2s\"\nidle_timeout = \"2s\"");
+    let gw = Gateway::start_in(dir, &text).await;
+    // A small receive buffer keeps the rest of the response in authgate, not in the kernel.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(8 * 1024).expect("rcvbuf");
+    let tcp = socket.connect(gw.addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(rustls_client(&gw.cert_path(), &[b"h2"]))
+        .connect(rustls_pki_types::ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("tls");
+    let slow = Throttled { inner: tls, next: Box::pin(tokio::time::sleep(Duration::ZERO)) };
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(8 << 20)
+        .handshake(hyper_util::rt::TokioIo::new(slow))
+        .await
+        .expect("h2");
+    tokio::spawn(conn);
+    const LEN: usize = 400 * 1024;
+    let get = http::Request::get(format!("https://localhost:{}/bytes/{LEN}", gw.addr.port()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let resp = send.send_request(get).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let (mut body, mut got, started) = (resp.into_body(), 0usize, Instant::now());
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap_or_else(|e| panic!("cut after {got} bytes, {:?}: {e}", started.elapsed()));
+        got += frame.data_ref().map_or(0, |d| d.len());
+    }
+    assert_eq!(got, LEN, "the download ended early, after {:?}", started.elapsed());
+    assert!(started.elapsed() > Duration::from_secs(4), "not slow enough to test anything: {:?}", started.elapsed());
+}

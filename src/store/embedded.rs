@@ -128,7 +128,9 @@ impl Store for SqliteStore {
         } else {
             tx.execute("UPDATE refresh_tokens SET used = 1 WHERE hash = ?1", params![&old[..]]).map_err(e)?;
             tx.execute("INSERT INTO refresh_tokens (hash, family) VALUES (?1, ?2)", params![&new[..], family]).map_err(e)?;
-            Rotation::Rotated { sub, family }
+            let cutoff: Option<i64> =
+                tx.query_row("SELECT cutoff FROM subject_cutoffs WHERE sub = ?1", params![sub], |r| r.get(0)).optional().map_err(e)?;
+            Rotation::Rotated { sub, family, cutoff: cutoff.map_or(0, uint) }
         };
         tx.commit().map_err(e)?;
         Ok(outcome)
@@ -148,6 +150,15 @@ impl Store for SqliteStore {
     fn revoke_family(&self, family: &str) -> Result<()> {
         self.conn().execute("UPDATE refresh_families SET revoked = 1 WHERE id = ?1", params![family]).map_err(e)?;
         Ok(())
+    }
+
+    fn family_live(&self, family: &str) -> Result<bool> {
+        let revoked: Option<i64> = self
+            .conn()
+            .query_row("SELECT revoked FROM refresh_families WHERE id = ?1", params![family], |r| r.get(0))
+            .optional()
+            .map_err(e)?;
+        Ok(revoked == Some(0))
     }
 
     fn revoke_jti(&self, jti: &str, until: u64) -> Result<()> {
@@ -255,7 +266,10 @@ mod tests {
         let s = SqliteStore::open(&dir.path().join("sub/dir/a.db")).expect("open");
         let (t1, t2, t3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
         s.create_family("f", "alice", &t1, 100, 200).expect("create");
-        assert_eq!(s.rotate_refresh(&t1, &t2, 150).expect("rotate"), Rotation::Rotated { sub: "alice".into(), family: "f".into() });
+        assert_eq!(
+            s.rotate_refresh(&t1, &t2, 150).expect("rotate"),
+            Rotation::Rotated { sub: "alice".into(), family: "f".into(), cutoff: 0 }
+        );
         assert_eq!(s.rotate_refresh(&t1, &t3, 150).expect("reuse"), Rotation::Reused { sub: "alice".into() });
         assert_eq!(s.rotate_refresh(&t2, &t3, 150).expect("dead family"), Rotation::Invalid);
         s.revoke_jti("j", 120).expect("jti");

@@ -59,7 +59,8 @@ impl Store for MemoryStore {
         let sub = family.sub.clone();
         s.tokens.insert(*old, (family_id.clone(), true));
         s.tokens.insert(*new, (family_id.clone(), false));
-        Ok(Rotation::Rotated { sub, family: family_id })
+        let cutoff = s.cutoffs.get(&sub).map_or(0, |c| c.1);
+        Ok(Rotation::Rotated { sub, family: family_id, cutoff })
     }
 
     fn revoke_refresh(&self, token: &TokenHash) -> Result<bool> {
@@ -76,6 +77,10 @@ impl Store for MemoryStore {
             f.revoked = true;
         }
         Ok(())
+    }
+
+    fn family_live(&self, family: &str) -> Result<bool> {
+        Ok(self.state().families.get(family).is_some_and(|f| !f.revoked))
     }
 
     fn revoke_jti(&self, jti: &str, until: u64) -> Result<()> {

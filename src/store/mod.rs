@@ -36,7 +36,10 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Rotation {
     /// It was live: it is now used, and `new` is the family's live token.
-    Rotated { sub: String, family: String },
+    /// `cutoff` is the subject's revoke-all cut-off as it stood at the
+    /// rotation (0 for none), read with it: a later one moved during the
+    /// refresh (`login::refresh_grant`).
+    Rotated { sub: String, family: String, cutoff: u64 },
     /// It had been used already: the whole family is now revoked.
     Reused { sub: String },
     /// Unknown, expired, or its family was revoked.
@@ -101,6 +104,8 @@ pub trait Store: Send + Sync {
     /// Revokes the family `token` belongs to; false when it is unknown.
     fn revoke_refresh(&self, token: &TokenHash) -> Result<bool>;
     fn revoke_family(&self, family: &str) -> Result<()>;
+    /// Does the family exist, unrevoked?
+    fn family_live(&self, family: &str) -> Result<bool>;
     /// Refuses the access token `jti` until `until` (unix seconds).
     fn revoke_jti(&self, jti: &str, until: u64) -> Result<()>;
     /// Refuses every token of `sub` issued before `cutoff`; ends every

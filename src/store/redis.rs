@@ -91,14 +91,16 @@ if f[3] == '1' or tonumber(f[2]) <= tonumber(ARGV[1]) then return {'invalid'} en
 if redis.call('HGET', KEYS[1], 'used') == '1' then
   -- The same rotation re-sent after a lost reply is not a reuse: the new
   -- token (fresh random) already belongs to this family.
-  if redis.call('HGET', KEYS[2], 'family') == fam then return {'rotated', f[1], fam} end
+  if redis.call('HGET', KEYS[2], 'family') == fam then
+    return {'rotated', f[1], fam, redis.call('HGET', ARGV[2] .. 'cutoffs', f[1]) or '0'}
+  end
   redis.call('HSET', fk, 'revoked', '1')
   return {'reused', f[1]}
 end
 redis.call('HSET', KEYS[1], 'used', '1')
 redis.call('HSET', KEYS[2], 'family', fam, 'used', '0')
 redis.call('EXPIREAT', KEYS[2], f[2])
-return {'rotated', f[1], fam}
+return {'rotated', f[1], fam, redis.call('HGET', ARGV[2] .. 'cutoffs', f[1]) or '0'}
 ";
 
 // KEYS: rt. ARGV: prefix. Also revokes a family by id when KEYS[1] is empty.
@@ -421,7 +423,9 @@ impl Store for RedisStore {
         let (ok, nk) = (token_key(old), token_key(new));
         let r: Vec<String> = self.run(|c| self.scripts.rotate.key(&ok).key(&nk).arg(now).arg(PREFIX).invoke(c))?;
         Ok(match r.as_slice() {
-            [kind, sub, family] if kind == "rotated" => Rotation::Rotated { sub: sub.clone(), family: family.clone() },
+            [kind, sub, family, cutoff] if kind == "rotated" => {
+                Rotation::Rotated { sub: sub.clone(), family: family.clone(), cutoff: num(cutoff) }
+            }
             [kind, sub] if kind == "reused" => Rotation::Reused { sub: sub.clone() },
             _ => Rotation::Invalid,
         })
@@ -436,6 +440,12 @@ impl Store for RedisStore {
     fn revoke_family(&self, family: &str) -> Result<()> {
         self.run(|c| self.scripts.revoke_refresh.key("").arg(PREFIX).arg(family).invoke::<i64>(c))?;
         Ok(())
+    }
+
+    fn family_live(&self, family: &str) -> Result<bool> {
+        let fk = key(&["fam:", family]);
+        let revoked: Option<String> = self.run(|c| redis::cmd("HGET").arg(&fk).arg("revoked").query(c))?;
+        Ok(revoked.as_deref() == Some("0"))
     }
 
     fn revoke_jti(&self, jti: &str, until: u64) -> Result<()> {
