@@ -40,6 +40,15 @@ async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut f:
     }
 }
 
+/// An IdP publishing `keys` (max-age one hour) and a gateway trusting it,
+/// returned once `token` verifies (the JWKS has been fetched).
+async fn with_idp(keys: &[&IdpKey], token: &str) -> (JwksServer, Gateway) {
+    let idp = JwksServer::start(jwks(keys), "max-age=3600").await;
+    let gw = Gateway::start(&issuer_toml(&idp.url(), Some(&idp.ca)), ROUTES).await;
+    eventually(Duration::from_secs(10), "the JWKS is fetched at start", async || status(&gw, token).await == 200).await;
+    (idp, gw)
+}
+
 #[tokio::test]
 async fn idp_tokens_verify_beside_our_own_and_every_check_applies() {
     let (rsa, ec) = (IdpKey::generate(Algorithm::RS256, "rsa-1"), IdpKey::generate(Algorithm::ES256, "ec-1"));
@@ -117,10 +126,8 @@ async fn an_unknown_kid_refetches_once_picks_up_rotation_and_a_flood_refetches_a
 #[tokio::test]
 async fn an_idp_outage_keeps_the_last_good_keys() {
     let k1 = IdpKey::generate(Algorithm::RS256, "k1");
-    let idp = JwksServer::start(jwks(&[&k1]), "max-age=3600").await;
-    let gw = Gateway::start(&issuer_toml(&idp.url(), Some(&idp.ca)), ROUTES).await;
     let t1 = k1.sign(&idp_claims(ISS, "api", "u1"));
-    eventually(Duration::from_secs(10), "the JWKS is fetched at start", async || status(&gw, &t1).await == 200).await;
+    let (idp, gw) = with_idp(&[&k1], &t1).await;
 
     idp.stop();
     // An unknown kid forces a refetch, which fails.
@@ -138,12 +145,10 @@ async fn an_idp_outage_keeps_the_last_good_keys() {
 #[tokio::test]
 async fn a_key_withdrawn_from_the_jwks_ends_its_cached_tokens() {
     let (k1, k2) = (IdpKey::generate(Algorithm::ES256, "k1"), IdpKey::generate(Algorithm::ES256, "k2"));
-    let idp = JwksServer::start(jwks(&[&k1]), "max-age=3600").await;
-    let gw = Gateway::start(&issuer_toml(&idp.url(), Some(&idp.ca)), ROUTES).await;
     let mut claims = idp_claims(ISS, "api", "u1");
     claims["exp"] = json!(authgate::jwt::now_secs() + 86_400 * 365);
     let t1 = k1.sign(&claims);
-    eventually(Duration::from_secs(10), "the JWKS is fetched at start", async || status(&gw, &t1).await == 200).await;
+    let (idp, gw) = with_idp(&[&k1], &t1).await;
     assert_eq!(gw.app().token_cache.len(), 1, "t1 is cached");
 
     // k1 withdrawn, k2 published; k2's first token makes authgate refetch.
@@ -160,10 +165,8 @@ async fn a_key_withdrawn_from_the_jwks_ends_its_cached_tokens() {
 #[tokio::test]
 async fn a_reload_while_the_idp_is_down_keeps_its_keys() {
     let k1 = IdpKey::generate(Algorithm::RS256, "k1");
-    let idp = JwksServer::start(jwks(&[&k1]), "max-age=3600").await;
-    let gw = Gateway::start(&issuer_toml(&idp.url(), Some(&idp.ca)), ROUTES).await;
     let t1 = k1.sign(&idp_claims(ISS, "api", "u1"));
-    eventually(Duration::from_secs(10), "the JWKS is fetched at start", async || status(&gw, &t1).await == 200).await;
+    let (idp, gw) = with_idp(&[&k1], &t1).await;
     idp.stop();
     gw.running().reload().await.expect("reload");
     assert_eq!(status(&gw, &t1).await, 200, "right after the reload");

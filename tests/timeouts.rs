@@ -57,6 +57,25 @@ async fn idle_keep_alive_outlives_the_header_timeout_and_closes_at_idle_timeout(
     assert!(closed >= Duration::from_secs(4), "closed after {closed:?}, before the 5s idle_timeout");
 }
 
+type H2Conn = tokio::task::JoinHandle<hyper::Result<()>>;
+
+/// An HTTP/2 client connection to the gateway, its connection driven by a
+/// task; with `pings`, the client pings every 300 ms, as gRPC and
+/// browsers' keep-alives do.
+async fn h2_client(gw: &Gateway, pings: bool) -> (hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>, H2Conn) {
+    let tls = raw_tls(gw, &[b"h2"]).await;
+    let mut b = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    if pings {
+        b.timer(hyper_util::rt::TokioTimer::new()).keep_alive_interval(Duration::from_millis(300)).keep_alive_while_idle(true);
+    }
+    let (send, conn) = b.handshake(hyper_util::rt::TokioIo::new(tls)).await.expect("h2");
+    (send, tokio::spawn(conn))
+}
+
+fn h2_get(gw: &Gateway, path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::get(format!("https://localhost:{}{path}", gw.addr.port())).body(http_body_util::Empty::new()).expect("request")
+}
+
 /// HTTP/2 reads are frames, not request heads: the client's settings ack
 /// after a response, its pings and window updates must not start the head
 /// timer, which cut every h2 connection (and any download or upload on it)
@@ -64,26 +83,12 @@ async fn idle_keep_alive_outlives_the_header_timeout_and_closes_at_idle_timeout(
 #[tokio::test]
 async fn an_http2_connection_outlives_the_header_timeout_between_requests() {
     let gw = gateway("60s").await;
-    let tls = raw_tls(&gw, &[b"h2"]).await;
-    // The client pings every 300 ms, as gRPC and browsers' keep-alives do.
-    let (mut send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Duration::from_millis(300))
-        .keep_alive_while_idle(true)
-        .handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .expect("h2");
-    let conn = tokio::spawn(conn);
-    let get = |path: &str| {
-        http::Request::get(format!("https://localhost:{}{path}", gw.addr.port()))
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .expect("request")
-    };
-    assert_eq!(send.send_request(get("/a")).await.expect("first request").status(), 200);
+    let (mut send, conn) = h2_client(&gw, true).await;
+    assert_eq!(send.send_request(h2_get(&gw, "/a")).await.expect("first request").status(), 200);
     // Past the 2 s header timeout, idle on the same connection.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!conn.is_finished(), "the h2 connection was closed before idle_timeout");
-    assert_eq!(send.send_request(get("/b")).await.expect("second request on the same connection").status(), 200);
+    assert_eq!(send.send_request(h2_get(&gw, "/b")).await.expect("second request on the same connection").status(), 200);
 }
 
 /// An upstream that answers before it has the whole upload (a streaming or
@@ -153,19 +158,8 @@ async fn an_upload_the_upstream_answers_early_is_not_cut_at_the_header_timeout()
 #[tokio::test]
 async fn pings_do_not_keep_an_idle_http2_connection_open() {
     let gw = gateway("2s").await;
-    let tls = raw_tls(&gw, &[b"h2"]).await;
-    let (mut send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Duration::from_millis(300))
-        .keep_alive_while_idle(true)
-        .handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .expect("h2");
-    let conn = tokio::spawn(conn);
-    let get = http::Request::get(format!("https://localhost:{}/a", gw.addr.port()))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .expect("request");
-    assert_eq!(send.send_request(get).await.expect("request").status(), 200);
+    let (mut send, conn) = h2_client(&gw, true).await;
+    assert_eq!(send.send_request(h2_get(&gw, "/a")).await.expect("request").status(), 200);
     let started = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(8), conn).await;
     assert!(closed.is_ok(), "still open {:?} after its last stream, idle_timeout 2 s, the client pinging", started.elapsed());
@@ -178,14 +172,8 @@ async fn pings_do_not_keep_an_idle_http2_connection_open() {
 #[tokio::test]
 async fn an_idle_http2_connection_ends_with_a_goaway() {
     let gw = gateway("2s").await;
-    let tls = raw_tls(&gw, &[b"h2"]).await;
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls)).await.expect("h2");
-    let conn = tokio::spawn(conn);
-    let get = http::Request::get(format!("https://localhost:{}/a", gw.addr.port()))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .expect("request");
-    assert_eq!(send.send_request(get).await.expect("request").status(), 200);
+    let (mut send, conn) = h2_client(&gw, false).await;
+    assert_eq!(send.send_request(h2_get(&gw, "/a")).await.expect("request").status(), 200);
     let ended = tokio::time::timeout(Duration::from_secs(8), conn).await.expect("closed at idle_timeout").expect("join");
     assert!(ended.is_ok(), "the connection ended without a GOAWAY: {ended:?}");
 }
@@ -261,10 +249,7 @@ async fn a_slow_http2_download_is_not_cut_at_idle_timeout() {
         .expect("h2");
     tokio::spawn(conn);
     const LEN: usize = 400 * 1024;
-    let get = http::Request::get(format!("https://localhost:{}/bytes/{LEN}", gw.addr.port()))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .expect("request");
-    let resp = send.send_request(get).await.expect("response");
+    let resp = send.send_request(h2_get(&gw, &format!("/bytes/{LEN}"))).await.expect("response");
     assert_eq!(resp.status(), 200);
     let (mut body, mut got, started) = (resp.into_body(), 0usize, Instant::now());
     while let Some(frame) = body.frame().await {
