@@ -807,10 +807,16 @@ impl Validator<'_> {
         if path == "/" {
             return Err(self.err("login.path", "cannot be \"/\""));
         }
+        // Expiry times are whole seconds: a shorter refresh token would
+        // expire as it is issued (Redis drops its family at once).
+        let refresh_ttl = self.duration("login.refresh_ttl", &l.refresh_ttl)?;
+        if refresh_ttl < Duration::from_secs(1) {
+            return Err(self.err("login.refresh_ttl", "must be at least 1s"));
+        }
         Ok(LoginConfig {
             path,
             users_file: self.path(&l.users_file),
-            refresh_ttl: self.duration("login.refresh_ttl", &l.refresh_ttl)?,
+            refresh_ttl,
             rate_limit: self.rate("login.rate_limit", &l.rate_limit)?,
             rate_limit_per_username: self.rate("login.rate_limit_per_username", &l.rate_limit_per_username)?,
             cookie: l.cookie,

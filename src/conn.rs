@@ -54,6 +54,9 @@ pub struct Activity {
     unparked_at: AtomicU64,
     /// The connection speaks HTTP/2: its reads are frames, not heads.
     http2: AtomicBool,
+    /// HTTP/2: bytes read with no stream in flight since the last write
+    /// (see `on_io_write`).
+    read_between: AtomicUsize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,8 +69,9 @@ pub enum Expired {
     Park,
 }
 
-/// HTTP/2 writes shorter than this, between streams, are control frames
-/// (a PING ack is 17 bytes, a SETTINGS ack 9, a WINDOW_UPDATE 13).
+/// Slack over what the client sent for HTTP/2 writes between streams
+/// that answer control frames (a PING ack is 17 bytes, a SETTINGS ack 9,
+/// a GOAWAY 17 and up).
 const CONTROL_WRITE: usize = 64;
 
 /// How long an HTTP/1 connection whose buffers are known to be empty stays
@@ -92,6 +96,7 @@ impl Activity {
             park: AtomicBool::new(false),
             unparked_at: AtomicU64::new(0),
             http2: AtomicBool::new(false),
+            read_between: AtomicUsize::new(0),
         })
     }
 
@@ -121,6 +126,8 @@ impl Activity {
             // frame between streams activity: idle counts from the last stream.
             if in_flight {
                 self.last.store(now, Relaxed);
+            } else {
+                self.read_between.fetch_add(data.len(), Relaxed);
             }
             return;
         }
@@ -147,16 +154,21 @@ impl Activity {
         self.last.store(self.now_ms(), Relaxed);
     }
 
-    /// `n` bytes went out. On HTTP/2 with no stream in flight, a write of a
-    /// few bytes answers the client's pings or settings, and is no more
-    /// activity than they were (`on_read`): a client pinging every few
-    /// seconds would hold its connection (and its `max_connections` slot)
-    /// for ever. A larger one is the end of a response that hyper has
-    /// taken whole but h2 still sends as the client's window opens (up to
-    /// a body chunk): a slow reader's download must not be cut.
+    /// `n` bytes went out. On HTTP/2 with no stream in flight, a write no
+    /// larger than what the client sent since the last one (give or take a
+    /// frame) answers its pings or settings, and is no more activity than
+    /// they were (`on_read`): a client pinging every few seconds, alone or
+    /// in bursts, would hold its connection (and its `max_connections`
+    /// slot) for ever. A write well beyond that is the end of a response
+    /// that hyper has taken whole but h2 still sends as the client's
+    /// window opens (a window update of 13 bytes lets kilobytes out): a
+    /// slow reader's download must not be cut.
     fn on_io_write(&self, n: usize) {
-        if n < CONTROL_WRITE && self.http2.load(Relaxed) && self.busy.load(Relaxed) == 0 && self.responding.load(Relaxed) == 0 {
-            return;
+        if self.http2.load(Relaxed) && self.busy.load(Relaxed) == 0 && self.responding.load(Relaxed) == 0 {
+            let answered = self.read_between.swap(0, Relaxed);
+            if n <= answered.saturating_add(CONTROL_WRITE) {
+                return;
+            }
         }
         self.on_write();
     }
@@ -452,6 +464,10 @@ mod tests {
         assert_eq!(a.last.load(Relaxed), 0, "a frame between streams is no activity");
         a.on_io_write(17);
         assert_eq!(a.last.load(Relaxed), 0, "nor is the answer to it");
+        a.on_read(&[0u8; 17 * 8]);
+        a.on_io_write(17 * 8);
+        assert_eq!(a.last.load(Relaxed), 0, "nor the answers to a burst of pings");
+        a.on_read(&[0u8; 13]);
         a.on_io_write(16_384);
         assert_ne!(a.last.load(Relaxed), 0, "the rest of a response is");
     }

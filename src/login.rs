@@ -242,13 +242,13 @@ async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>,
                 store::blocking(&app.store, move |s| s.revoke_family(&family)).await.map_err(unavailable)?;
                 return Err(BAD_REFRESH);
             };
-            let (access, minted_at) = mint(app, user).await?;
+            let (access, stored_cutoff) = mint(app, user).await?;
             // A revoke-all recorded after the rotation (which read the
             // store's `cutoff` with it) and before `mint` read the cut-off:
             // the token was issued at it, and would survive it. (Not the
             // family's state: a concurrent reuse of the old token revokes
             // the family too, and one of the two must still get its answer.)
-            if minted_at > cutoff {
+            if stored_cutoff > cutoff {
                 return Err(BAD_REFRESH);
             }
             Ok(token_response(app, access, &refresh))
@@ -313,18 +313,19 @@ async fn revoke_token(app: &App, token: &str) -> Result<(), GatewayError> {
 /// after `authgate revoke` works).
 /// An access token for `user`, issued no earlier than the user's cut-off
 /// (so that a login right after a revoke-all is not refused by it); also
-/// that cut-off.
+/// the store's cut-off as it read it (the denylist's may be higher, after
+/// a store lost its data, without any revoke-all in between).
 async fn mint(app: &App, user: &User) -> Result<(crate::jwt::Minted, u64), GatewayError> {
     let signer = app.signer.as_ref().ok_or_else(|| GatewayError::Unavailable("no signing key (jwt.public_key only)".into()))?;
     let sub = user.username.clone();
-    let stored = store::blocking(&app.store, move |s| s.subject_cutoff(&sub)).await.map_err(unavailable)?;
-    let cutoff = stored.unwrap_or(0).max(app.denylist.subject_cutoff(&user.username).unwrap_or(0));
+    let stored = store::blocking(&app.store, move |s| s.subject_cutoff(&sub)).await.map_err(unavailable)?.unwrap_or(0);
+    let cutoff = stored.max(app.denylist.subject_cutoff(&user.username).unwrap_or(0));
     let mut claims = user.claims.clone();
     claims.insert("roles".into(), Value::from(user.roles.clone()));
     let minted = signer
         .sign_issued_at(&user.username, &claims, app.config.jwt.access_ttl, cutoff)
         .map_err(|e| GatewayError::Unavailable(format!("cannot sign the token: {e}")))?;
-    Ok((minted, cutoff))
+    Ok((minted, stored))
 }
 
 fn token_response(app: &App, access: crate::jwt::Minted, refresh: &str) -> Response<Body> {

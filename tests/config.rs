@@ -104,6 +104,16 @@ fn durations_past_a_century_are_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Expiry times are whole seconds: a refresh token shorter than one would
+/// expire as it is issued.
+#[test]
+fn a_refresh_ttl_under_a_second_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("users.toml"), "").expect("users");
+    let text = config_text(dir.path(), "[login]\nusers_file = \"users.toml\"\nrefresh_ttl = \"500ms\"\n", ROUTES);
+    assert_config_error(&check(dir.path(), &text, &[]), dir.path(), "login.refresh_ttl");
+}
+
 #[test]
 fn bad_upstream_names_the_route_index() {
     let dir = tempfile::tempdir().expect("tempdir");

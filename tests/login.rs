@@ -766,5 +766,10 @@ async fn a_revoke_all_during_a_login_or_a_refresh_ends_that_session() {
     // Right after a revoke-all, logins work again.
     tokens(&gw, "alice", "pw-alice").await;
     tokens(&gw, "bob", "pw-bob").await;
+    // A cut-off the denylist holds and the store does not (a store that lost
+    // its data, before the write-back) is no revoke-all during a refresh.
+    gw.app().denylist.revoke_subject("bob", authgate::jwt::now_secs() + 5);
+    let (_, r) = tokens(&gw, "bob", "pw-bob").await;
+    assert_eq!(refresh(&gw, &r).await.status(), 200, "a refresh refused for the denylist's cut-off alone");
     gw.stop().await;
 }

@@ -166,6 +166,31 @@ async fn pings_do_not_keep_an_idle_http2_connection_open() {
     assert!(started.elapsed() >= Duration::from_millis(1500), "closed after {:?}", started.elapsed());
 }
 
+/// Nor do pings in bursts, whose answers go out together in one write
+/// (four PING acks are 68 bytes): the answers are no larger than what the
+/// client sent.
+#[tokio::test]
+async fn bursts_of_pings_do_not_keep_an_idle_http2_connection_open() {
+    let gw = gateway("2s").await;
+    let s = raw_tls(&gw, &[b"h2"]).await;
+    let (mut rd, mut wr) = tokio::io::split(s);
+    wr.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.expect("preface and settings");
+    let pinger = tokio::spawn(async move {
+        let ping = b"\0\0\x08\x06\0\0\0\0\0pingpong";
+        loop {
+            let burst: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 8).collect();
+            if wr.write_all(&burst).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let closed = time_to_close(&mut rd, Duration::from_secs(10)).await;
+    pinger.abort();
+    let closed = closed.expect("still open 10 s into idle_timeout 2 s, the client pinging in bursts");
+    assert!(closed >= Duration::from_millis(1500), "closed after {closed:?}");
+}
+
 /// An idle HTTP/2 connection ends with a GOAWAY (RFC 9113 §6.8), so that a
 /// client knows its next request was not taken: the client's connection
 /// ends cleanly, not with an unexpected end of stream.
