@@ -72,7 +72,7 @@ pub enum Expired {
 /// Slack over what the client sent for HTTP/2 writes between streams
 /// that answer control frames (a PING ack is 17 bytes, a SETTINGS ack 9,
 /// a GOAWAY 17 and up).
-const CONTROL_WRITE: usize = 64;
+const CONTROL_SLACK: usize = 64;
 
 /// How long an HTTP/1 connection whose buffers are known to be empty stays
 /// quiet before it parks.
@@ -166,7 +166,7 @@ impl Activity {
     fn on_io_write(&self, n: usize) {
         if self.http2.load(Relaxed) && self.busy.load(Relaxed) == 0 && self.responding.load(Relaxed) == 0 {
             let answered = self.read_between.swap(0, Relaxed);
-            if n <= answered.saturating_add(CONTROL_WRITE) {
+            if n <= answered.saturating_add(CONTROL_SLACK) {
                 return;
             }
         }

@@ -181,12 +181,15 @@ async fn password_grant(app: &App, login: &Login, client: IpAddr, form: &HashMap
     let (family, token_hash, now) = (random_id(16), hash_token(&refresh), now_secs());
     let expires = now.saturating_add(login.config.refresh_ttl.as_secs());
     let sub = user.username.clone();
-    let (fam, fam_check) = (family.clone(), family.clone());
+    let fam = family.clone();
     store::blocking(&app.store, move |s| s.create_family(&fam, &sub, &token_hash, now, expires)).await.map_err(unavailable)?;
-    let refuse = |why: &'static str| async move {
-        store::blocking(&app.store, move |s| s.revoke_family(&family)).await.map_err(unavailable)?;
-        tracing::warn!(%client, sub = %user.username, "login refused: {why}");
-        Err(BAD_CREDENTIALS)
+    let refuse = |why: &'static str| {
+        let family = family.clone();
+        async move {
+            store::blocking(&app.store, move |s| s.revoke_family(&family)).await.map_err(unavailable)?;
+            tracing::warn!(%client, sub = %user.username, "login refused: {why}");
+            Err(BAD_CREDENTIALS)
+        }
     };
     if app.store.shared_limits() && !current_entry(app, user).await? {
         // Another replica has loaded a newer users file (or an older one):
@@ -194,7 +197,7 @@ async fn password_grant(app: &App, login: &Login, client: IpAddr, form: &HashMap
         return refuse("another replica loaded a different entry for this user from the users file; reload this one (SIGHUP)").await;
     }
     let (access, _) = mint(app, user).await?;
-    if !still_live(app, &fam_check).await? {
+    if !still_live(app, &family).await? {
         return refuse("the user's sessions were revoked while this login ran").await;
     }
     tracing::info!(%client, sub = %user.username, "login");
