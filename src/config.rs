@@ -72,6 +72,7 @@ struct RawServer {
     max_header_bytes: usize,
     max_headers: usize,
     watch: bool,
+    io_uring: bool,
 }
 
 impl Default for RawServer {
@@ -92,6 +93,7 @@ impl Default for RawServer {
             max_header_bytes: 16_384,
             max_headers: 100,
             watch: false,
+            io_uring: true,
         }
     }
 }
@@ -296,6 +298,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub watch: bool,
+    /// Upstream writes sent in batches through io_uring (read at start).
+    pub io_uring: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -617,6 +621,7 @@ impl Validator<'_> {
             max_header_bytes: s.max_header_bytes,
             max_headers: s.max_headers,
             watch: s.watch,
+            io_uring: s.io_uring,
         })
     }
 

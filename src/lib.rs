@@ -45,6 +45,7 @@ pub mod tls;
 pub mod tls_stream;
 pub mod token_cache;
 pub mod upstream;
+pub mod upstream_io;
 pub mod users;
 
 use std::sync::Arc;

@@ -98,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             let config = config::load(&path)?;
             let log = init_tracing(config.log.format, true);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+            let rt = authgate::upstream_io::runtime(config.server.io_uring).context("cannot start the runtime")?;
             let result = rt.block_on(authgate::server::run(config));
             drop(rt);
             // The last lines are out before main prints an error.

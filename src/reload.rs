@@ -120,6 +120,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if o.max_connections != n.max_connections {
         keys.push("server.max_connections");
     }
+    if o.io_uring != n.io_uring {
+        keys.push("server.io_uring");
+    }
     if old.log.format != new.log.format {
         keys.push("log.format");
     }

@@ -35,7 +35,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per upstream; more are closed when they come back.
 const MAX_IDLE: usize = 256;
 
-type Io = TokioIo<TcpStream>;
+type Io = TokioIo<crate::upstream_io::UpstreamIo>;
 
 /// One HTTP/1.1 connection to an upstream: the handle that sends requests
 /// and the state machine that must be polled for anything to happen.
@@ -224,7 +224,7 @@ impl Pool {
 
     async fn connect(&self) -> Result<Conn, SendError> {
         let tcp = connect_tcp(&self.authority).await.map_err(SendError::Connect)?;
-        let (send, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+        let (send, conn) = http1::handshake(TokioIo::new(crate::upstream_io::UpstreamIo::new(tcp))).await?;
         Ok(Conn { send, conn: Some(Box::pin(conn)) })
     }
 

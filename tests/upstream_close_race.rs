@@ -53,6 +53,7 @@ fn server_config() -> authgate::config::ServerConfig {
         max_header_bytes: 16 * 1024,
         max_headers: 100,
         watch: false,
+        io_uring: true,
     }
 }
 
