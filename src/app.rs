@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -84,6 +85,9 @@ pub struct App {
     /// Verified tokens, so a returning token skips the signature check.
     pub token_cache: crate::token_cache::TokenCache,
     jwks: Bytes,
+    /// Warned that `/auth/verify` judged a cookie without the original
+    /// method (once per App, so once per config load).
+    warned_no_method: AtomicBool,
 }
 
 impl App {
@@ -111,6 +115,7 @@ impl App {
             cors: config.cors.as_ref().map(Cors::new),
             token_cache: crate::token_cache::TokenCache::new(TOKEN_CACHE_CAPACITY),
             jwks,
+            warned_no_method: AtomicBool::new(false),
             config,
         }
     }
@@ -224,7 +229,7 @@ impl App {
         let route = self.routes.match_route(path).ok_or(GatewayError::NotFound)?;
         t.route = Some(route.label.clone());
         self.identity.strip(req.headers_mut());
-        self.check_cookie_origin(route, req.method(), req.headers(), request_host(&req))?;
+        self.check_cookie_origin(route, Some(req.method()), req.headers(), request_host(&req))?;
         let identity = self.authenticate(route, req.headers())?;
         self.rate_limit(route, identity.as_deref(), t.client)?;
         // The token in authgate's cookies never reaches an upstream.
@@ -317,22 +322,35 @@ impl App {
     /// other sites trigger; it does not let them set `Origin`. A WebSocket
     /// handshake is a GET, but opens a two-way channel that CORS does not
     /// guard (cross-site WebSocket hijacking): it is held to the same rule.
+    /// `method` is None when `/auth/verify` was not told the original one:
+    /// then an `Origin` or `Referer` that is not allowed is refused, and a
+    /// request naming none passes as a same-site GET would.
     fn check_cookie_origin(
         &self,
         route: &RouteConfig,
-        method: &Method,
+        method: Option<&Method>,
         headers: &HeaderMap,
         host: Option<&str>,
     ) -> Result<(), GatewayError> {
-        if route.auth == AuthMode::Public || (cookies::is_safe(method) && !headers.contains_key(header::UPGRADE)) {
+        let strict = cookies::is_handshake(headers) || method.is_some_and(|m| !cookies::is_safe(m));
+        if route.auth == AuthMode::Public || (!strict && method.is_some()) {
             return Ok(());
         }
-        match self.presented_token(headers)? {
-            Some((_, true)) if !self.cookie_origin_ok(headers, host) => {
-                Err(GatewayError::Forbidden("a request authenticated by cookie must come from an allowed Origin"))
-            }
-            _ => Ok(()),
+        let Some((_, true)) = self.presented_token(headers)? else { return Ok(()) };
+        if method.is_none() && !self.warned_no_method.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "/auth/verify got a request authenticated by cookie without X-Forwarded-Method or X-Original-Method: \
+                 the CSRF rule refuses any foreign Origin or Referer, whatever the method; set X-Original-Method \
+                 in the proxy (nginx: proxy_set_header X-Original-Method $request_method)"
+            );
         }
+        if !strict && !cookies::names_origin(headers) {
+            return Ok(());
+        }
+        if self.cookie_origin_ok(headers, host) {
+            return Ok(());
+        }
+        Err(GatewayError::Forbidden("a request authenticated by cookie must come from an allowed Origin"))
     }
 
     /// Is the request's `Origin` (or `Referer`) listed in `[cors]
@@ -516,15 +534,19 @@ impl App {
         // The original method decides the cookie CSRF rule: one that is not
         // a method (`POST, GET`, what a proxy makes of two headers) or two
         // that disagree are refused, never read as this request's GET.
+        // None sent: unknown, not this request's GET (nginx's subrequest is
+        // a GET whatever the client sent).
         let original =
             original_header(headers, &X_FORWARDED_METHOD, &X_ORIGINAL_METHOD, "X-Forwarded-Method and X-Original-Method disagree")?;
         let method = match original {
-            Some(m) => Method::from_bytes(m.as_bytes().trim_ascii())
-                .map_err(|_| GatewayError::BadRequest("the original method is not a method"))?,
-            None => req.method().clone(),
+            Some(m) => Some(
+                Method::from_bytes(m.as_bytes().trim_ascii())
+                    .map_err(|_| GatewayError::BadRequest("the original method is not a method"))?,
+            ),
+            None => None,
         };
         let host = headers.get(&proxy::X_FORWARDED_HOST).and_then(|h| h.to_str().ok()).or_else(|| request_host(req));
-        self.check_cookie_origin(route, &method, headers, host)?;
+        self.check_cookie_origin(route, method.as_ref(), headers, host)?;
         let identity = self.authenticate(route, headers)?;
         self.rate_limit(route, identity.as_deref(), client)?;
         let mut resp = Response::new(body::empty());

@@ -75,6 +75,24 @@ pub fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
+/// Does the request ask for a protocol switch, a WebSocket handshake in
+/// particular? `Upgrade` is hop-by-hop, and forward-auth proxies drop it
+/// from the auth request (Traefik always does, nginx unless told); the
+/// `Sec-WebSocket-*` headers are end-to-end, and only a handshake carries
+/// them (a page's script cannot set a `Sec-` header).
+pub fn is_handshake(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+        || headers.contains_key(header::SEC_WEBSOCKET_VERSION)
+}
+
+/// Does the request name an origin at all (`Origin` or `Referer`)? A
+/// same-site navigation often names none; a browser on another site always
+/// sends one of them with a form post, a fetch or a WebSocket handshake.
+pub fn names_origin(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ORIGIN) || headers.contains_key(header::REFERER)
+}
+
 /// `scheme://host[:port]` of a URL (a `Referer`), without path or query.
 fn origin_of(url: &str) -> Option<&str> {
     let rest_at = url.find("://")? + 3;

@@ -333,3 +333,99 @@ async fn without_login_cookie_the_cookie_does_not_authenticate_and_is_still_stri
     gw.client.get(gw.url("/pub")).header("cookie", &jar).send().await.expect("send");
     assert_eq!(up.last().headers["cookie"], "a=1");
 }
+
+/// A password grant's cookies: (access, refresh).
+async fn login(gw: &Gateway) -> (String, String) {
+    let r = gw.client.post(gw.url("/token")).form(&[("username", "alice"), ("password", "pw")]).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    let cookies = set_cookies(&r);
+    (cookie_value(&cookies, "authgate_access"), cookie_value(&cookies, "authgate_refresh"))
+}
+
+/// Review 10b, F1: Traefik's ForwardAuth drops `Upgrade` and `Connection`
+/// from the auth request, so a cross-site WebSocket handshake by cookie
+/// looked like a plain GET at `/auth/verify` and got a 200. Its
+/// `Sec-WebSocket-*` headers survive any proxy: they mark it a handshake.
+#[tokio::test]
+async fn a_websocket_handshake_without_upgrade_is_still_held_to_the_origin_rule() {
+    let up = Upstream::start().await;
+    let gw = cookie_gateway(&up).await;
+    let (access, _) = login(&gw).await;
+    let jar = format!("authgate_access={access}");
+    let own = format!("https://localhost:{}", gw.addr.port());
+    let key = ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    let version = ("sec-websocket-version", "13");
+    let verify = |origin: &str, sec: &[(&'static str, &'static str)]| {
+        let mut r = gw
+            .client
+            .get(gw.url("/auth/verify"))
+            .header("cookie", &jar)
+            .header("origin", origin)
+            .header("x-forwarded-method", "GET")
+            .header("x-forwarded-uri", "/api/ws");
+        for (h, v) in sec {
+            r = r.header(*h, *v);
+        }
+        r.send()
+    };
+    for sec in [vec![key, version], vec![key], vec![version]] {
+        assert_eq!(verify(EVIL, &sec).await.expect("send").status(), 403, "Traefik-style handshake from {EVIL} with {sec:?}");
+        assert_eq!(verify(&own, &sec).await.expect("send").status(), 200, "from the gateway's own origin with {sec:?}");
+    }
+    assert_eq!(verify(EVIL, &[]).await.expect("send").status(), 200, "a plain GET is still safe");
+
+    // Through the proxy too: without `Upgrade` it is forwarded as a plain
+    // GET, but the rule is the same wherever authgate sees the handshake.
+    let hits = up.hits();
+    let r = gw.client.get(gw.url("/api/ws")).header("cookie", &jar).header("origin", EVIL).header(key.0, key.1).send().await.expect("send");
+    assert_eq!(r.status(), 403);
+    assert_eq!(up.hits(), hits, "refused before the upstream");
+    let r = gw.client.get(gw.url("/api/x")).header("cookie", &jar).header("origin", &own).header(key.0, key.1).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+}
+
+/// Review 10b, F2: without `X-Forwarded-Method` or `X-Original-Method`
+/// (nginx's `auth_request` subrequest is always a GET), `/auth/verify`
+/// judged a cookie as on a GET, so a cross-site POST by cookie passed. An
+/// unknown method now refuses a foreign `Origin` or `Referer`; a request
+/// naming no origin (a same-site navigation, curl) passes as before.
+#[tokio::test]
+async fn forward_auth_without_the_original_method_refuses_a_foreign_origin() {
+    let up = Upstream::start().await;
+    let gw = cookie_gateway(&up).await;
+    let (access, _) = login(&gw).await;
+    let jar = format!("authgate_access={access}");
+    let own = format!("https://localhost:{}", gw.addr.port());
+    let verify = |header: Option<(&'static str, String)>| {
+        let mut r = gw.client.get(gw.url("/auth/verify")).header("cookie", &jar).header("x-original-uri", "/api/x");
+        if let Some((h, v)) = header {
+            r = r.header(h, v);
+        }
+        r.send()
+    };
+    for (h, v) in [("origin", EVIL.to_string()), ("origin", "null".into()), ("referer", format!("{EVIL}/page"))] {
+        let r = verify(Some((h, v.clone()))).await.expect("send");
+        assert_eq!(r.status(), 403, "{h}: {v} without the original method");
+        assert_eq!(json(r).await["error"], "forbidden");
+    }
+    for header in [None, Some(("origin", own.clone())), Some(("origin", APP.to_string())), Some(("referer", format!("{own}/app")))] {
+        let r = verify(header.clone()).await.expect("send");
+        assert_eq!(r.status(), 200, "{header:?} without the original method");
+        assert_eq!(r.headers()["x-auth-subject"], "alice");
+    }
+    // A bearer token is not the browser's doing: no origin rule.
+    let r =
+        gw.client.get(gw.url("/auth/verify")).bearer_auth(&access).header("origin", EVIL).header("x-original-uri", "/api/x").send().await;
+    assert_eq!(r.expect("send").status(), 200);
+    // A known safe method keeps its old answer: a cross-origin GET is no CSRF.
+    let r = gw
+        .client
+        .get(gw.url("/auth/verify"))
+        .header("cookie", &jar)
+        .header("origin", EVIL)
+        .header("x-original-uri", "/api/x")
+        .header("x-original-method", "GET")
+        .send()
+        .await;
+    assert_eq!(r.expect("send").status(), 200);
+}

@@ -129,3 +129,29 @@ async fn a_log_reader_that_stops_reading_never_stalls_requests_and_loses_no_line
     // 1 login + 4,000 requests, every line there once the reader is back.
     assert!(sp.wait_log("authgate::access", 4001, Duration::from_secs(30)), "lines were lost");
 }
+
+/// Review 10b, F2: a forward-auth proxy that sends no original method
+/// turned the cookie CSRF rule off without a sign. Now the rule refuses a
+/// foreign origin whatever the method, and the log says, once, what to set.
+#[tokio::test]
+async fn forward_auth_without_the_original_method_warns_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(dir.path(), "text");
+    let sp = spawn_binary(dir, &text, &[]);
+    let (access, _) = traffic(&sp.gw).await;
+    let verify = |origin: &'static str| {
+        sp.gw
+            .client
+            .get(sp.gw.url("/auth/verify"))
+            .header("cookie", format!("authgate_access={access}"))
+            .header("x-original-uri", "/api/x")
+            .header("origin", origin)
+            .send()
+    };
+    assert_eq!(verify("https://evil.example").await.expect("send").status(), 403);
+    assert_eq!(verify("https://evil.example").await.expect("send").status(), 403);
+    assert!(sp.wait_log("path=/auth/verify", 2, Duration::from_secs(10)), "{}", sp.log());
+    let log = sp.log();
+    let warnings = log.lines().filter(|l| l.contains("WARN") && l.contains("set X-Original-Method")).count();
+    assert_eq!(warnings, 1, "{log}");
+}
