@@ -361,6 +361,8 @@ impl App {
 
     /// The token a request presents: `Authorization: Bearer`, else (with
     /// `login.cookie`) authgate's access cookie. true: it came from the cookie.
+    /// Two access cookies are a malformed request, as two `Authorization`
+    /// headers are: 400.
     fn presented_token<'h>(&self, headers: &'h HeaderMap) -> Result<Option<(&'h [u8], bool)>, GatewayError> {
         if let Some(t) = bearer_token(headers)? {
             return Ok(Some((t, false)));
@@ -369,7 +371,9 @@ impl App {
         // cookie: one that says how it authenticates (Basic, say) is judged
         // by that.
         if self.cookie_mode() && !headers.contains_key(header::AUTHORIZATION) {
-            return Ok(cookies::get(headers, cookies::ACCESS).map(|t| (t.as_bytes(), true)));
+            let cookie =
+                cookies::get(headers, cookies::ACCESS).map_err(|_| GatewayError::BadRequest("more than one authgate_access cookie"))?;
+            return Ok(cookie.map(|t| (t.as_bytes(), true)));
         }
         Ok(None)
     }

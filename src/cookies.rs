@@ -12,17 +12,28 @@ use http::{HeaderMap, HeaderValue, Method, header};
 pub const ACCESS: &str = "authgate_access";
 pub const REFRESH: &str = "authgate_refresh";
 
-/// The value of cookie `name` in the request's `Cookie` header(s).
-pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+/// A request carries one of our cookies more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeated;
+
+/// The value of cookie `name` in the request's `Cookie` header(s). Two
+/// cookies of that name are refused, not chosen between: a sibling
+/// subdomain can set one for the whole site (`Domain=example.com`) with a
+/// longer `Path`, which browsers send first (cookie tossing), and the
+/// request would run as the sibling's choice of user.
+pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Repeated> {
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim_matches('"'))
-        .filter(|v| !v.is_empty())
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim_matches('"'));
+    match (found.next(), found.next()) {
+        (_, Some(_)) => Err(Repeated),
+        (v, None) => Ok(v.filter(|v| !v.is_empty())),
+    }
 }
 
 fn ours(pair: &[u8]) -> bool {
@@ -137,9 +148,13 @@ mod tests {
     #[test]
     fn reads_and_strips_only_ours() {
         let mut m = h(&[(header::COOKIE, "a=1; authgate_access=tok; b=2"), (header::COOKIE, "authgate_refresh=r")]);
-        assert_eq!(get(&m, ACCESS), Some("tok"));
-        assert_eq!(get(&m, REFRESH), Some("r"));
-        assert_eq!(get(&m, "c"), None);
+        assert_eq!(get(&m, ACCESS), Ok(Some("tok")));
+        assert_eq!(get(&m, REFRESH), Ok(Some("r")));
+        assert_eq!(get(&m, "c"), Ok(None));
+        // Twice, in one field or over two: tossed, refused.
+        assert_eq!(get(&h(&[(header::COOKIE, "authgate_access=a; authgate_access=b")]), ACCESS), Err(Repeated));
+        assert_eq!(get(&h(&[(header::COOKIE, "authgate_access=a"), (header::COOKIE, "authgate_access=")]), ACCESS), Err(Repeated));
+        assert_eq!(get(&h(&[(header::COOKIE, "authgate_access=")]), ACCESS), Ok(None));
         strip(&mut m);
         assert_eq!(m.get_all(header::COOKIE).iter().collect::<Vec<_>>(), vec!["a=1; b=2"]);
         let mut only = h(&[(header::COOKIE, "authgate_access=tok")]);

@@ -109,11 +109,12 @@ pub async fn handle(
 
 /// authgate's cookies on a login request (`login.cookie = true`): a browser
 /// cannot read them (HttpOnly), so they stand in for an absent
-/// `refresh_token` or `token` parameter, from an allowed origin only.
-#[derive(Default)]
+/// `refresh_token` or `token` parameter, from an allowed origin only. A
+/// cookie sent twice (tossed by a sibling subdomain) is refused where it
+/// would stand in, 400, and ignored where it would not.
 struct Jar {
-    access: Option<String>,
-    refresh: Option<String>,
+    access: Result<Option<String>, cookies::Repeated>,
+    refresh: Result<Option<String>, cookies::Repeated>,
     origin_ok: bool,
     /// An `Origin` or `Referer` that is not allowed: a browser on another site.
     foreign: bool,
@@ -125,18 +126,27 @@ const FOREIGN_GRANT: GatewayError = GatewayError::Forbidden("with login cookies,
 impl Jar {
     fn read(app: &App, login: &Login, req: &Request<Incoming>) -> Jar {
         if !login.config.cookie {
-            return Jar::default();
+            return Jar { access: Ok(None), refresh: Ok(None), origin_ok: false, foreign: false };
         }
         let h = req.headers();
         let origin_ok = app.cookie_origin_ok(h, crate::app::request_host(req));
+        let read = |name| cookies::get(h, name).map(|v| v.map(String::from));
         Jar {
-            access: cookies::get(h, cookies::ACCESS).map(String::from),
-            refresh: cookies::get(h, cookies::REFRESH).map(String::from),
+            access: read(cookies::ACCESS),
+            refresh: read(cookies::REFRESH),
             origin_ok,
             // No Origin and no Referer: not a browser (curl, a native app), whose
             // cookie jar no other site can write into.
-            foreign: !origin_ok && (h.contains_key(header::ORIGIN) || h.contains_key(header::REFERER)),
+            foreign: !origin_ok && cookies::names_origin(h),
         }
+    }
+
+    fn access(&self) -> Result<Option<&str>, GatewayError> {
+        self.access.as_ref().map(Option::as_deref).map_err(|_| oauth("invalid_request", "more than one authgate_access cookie"))
+    }
+
+    fn refresh(&self) -> Result<Option<&str>, GatewayError> {
+        self.refresh.as_ref().map(Option::as_deref).map_err(|_| oauth("invalid_request", "more than one authgate_refresh cookie"))
     }
 }
 
@@ -228,11 +238,13 @@ async fn current_entry(app: &App, user: &crate::users::User) -> Result<bool, Gat
 }
 
 async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>, jar: &Jar) -> Result<Response<Body>, GatewayError> {
-    let presented = match (form.get("refresh_token"), &jar.refresh) {
-        (Some(t), _) => t.as_str(),
-        (None, Some(_)) if !jar.origin_ok => return Err(CROSS_ORIGIN),
-        (None, Some(t)) => t.as_str(),
-        (None, None) => return Err(oauth("invalid_request", "the refresh_token parameter is missing")),
+    let presented = match form.get("refresh_token") {
+        Some(t) => t.as_str(),
+        None => match jar.refresh()? {
+            Some(_) if !jar.origin_ok => return Err(CROSS_ORIGIN),
+            Some(t) => t,
+            None => return Err(oauth("invalid_request", "the refresh_token parameter is missing")),
+        },
     };
     let old = hash_token(presented);
     let refresh = random_id(32);
@@ -270,15 +282,15 @@ async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>,
 async fn revoke(app: &App, login: &Login, form: &HashMap<String, String>, jar: &Jar) -> Result<Response<Body>, GatewayError> {
     match form.get("token") {
         Some(token) => revoke_token(app, token).await?,
-        None if jar.access.is_none() && jar.refresh.is_none() => {
-            return Err(oauth("invalid_request", "the token parameter is missing"));
-        }
-        None if !jar.origin_ok => return Err(CROSS_ORIGIN),
-        None => {
-            for token in jar.access.iter().chain(&jar.refresh) {
-                revoke_token(app, token).await?;
+        None => match (jar.access()?, jar.refresh()?) {
+            (None, None) => return Err(oauth("invalid_request", "the token parameter is missing")),
+            _ if !jar.origin_ok => return Err(CROSS_ORIGIN),
+            (access, refresh) => {
+                for token in access.into_iter().chain(refresh) {
+                    revoke_token(app, token).await?;
+                }
             }
-        }
+        },
     }
     let mut resp = Response::new(body::empty());
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

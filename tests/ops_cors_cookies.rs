@@ -429,3 +429,77 @@ async fn forward_auth_without_the_original_method_refuses_a_foreign_origin() {
         .await;
     assert_eq!(r.expect("send").status(), 200);
 }
+
+/// Review 10b, F3: with two `authgate_access` cookies the first one won,
+/// and a sibling subdomain can set one that browsers send first (cookie
+/// tossing): the victim's requests ran as the attacker. Two of either
+/// cookie are refused (400, like two `Authorization` headers) wherever the
+/// cookie would be used.
+#[tokio::test]
+async fn a_request_with_two_of_our_cookies_is_refused() {
+    let up = Upstream::start().await;
+    let gw = cookie_gateway(&up).await;
+    let own = format!("https://localhost:{}", gw.addr.port());
+    let (alice, refresh) = login(&gw).await;
+    let mallory = gw.token("mallory", json!({}));
+    let hits = up.hits();
+    for jar in [
+        vec![format!("authgate_access={mallory}; a=1; authgate_access={alice}")],
+        vec![format!("authgate_access={mallory}"), format!("authgate_access={alice}")],
+        vec![format!("authgate_access=x; authgate_access={alice}")],
+        vec![format!("authgate_access=; authgate_access={alice}")],
+    ] {
+        let mut r = gw.client.get(gw.url("/api/x"));
+        let mut v = gw.client.get(gw.url("/auth/verify")).header("x-original-uri", "/api/x").header("x-original-method", "GET");
+        for c in &jar {
+            r = r.header("cookie", c);
+            v = v.header("cookie", c);
+        }
+        let r = r.send().await.expect("send");
+        assert_eq!(r.status(), 400, "{jar:?}");
+        assert_eq!(json(r).await["error"], "bad_request");
+        assert_eq!(v.send().await.expect("send").status(), 400, "/auth/verify with {jar:?}");
+    }
+    assert_eq!(up.hits(), hits, "never forwarded");
+    // Where the cookie is not read, it is only stripped: a bearer token, a public route.
+    let two = format!("authgate_access={mallory}; authgate_access={alice}; a=1");
+    let r = gw.client.get(gw.url("/api/x")).header("cookie", &two).bearer_auth(&alice).send().await.expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.last().headers["x-auth-subject"], "alice");
+    assert_eq!(gw.client.get(gw.url("/pub")).header("cookie", &two).send().await.expect("send").status(), 200);
+    assert_eq!(up.last().headers["cookie"], "a=1");
+
+    // /token: a refresh by cookie with two refresh cookies, a revoke by
+    // cookie with two access cookies: 400, and nothing is spent or revoked.
+    let grant = [("grant_type", "refresh_token")];
+    let r = gw
+        .client
+        .post(gw.url("/token"))
+        .header("cookie", format!("authgate_refresh=tossed; authgate_refresh={refresh}"))
+        .header("origin", &own)
+        .form(&grant)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 400);
+    assert_eq!(json(r).await["error"], "invalid_request");
+    let r = gw.client.post(gw.url("/token/revoke")).header("cookie", &two).header("origin", &own).form(&[("x", "")]).send().await;
+    let r = r.expect("send");
+    assert_eq!(r.status(), 400);
+    assert!(set_cookies(&r).is_empty(), "a refused revoke clears nothing");
+    let r = gw.client.get(gw.url("/api/x")).header("cookie", format!("authgate_access={alice}")).send().await.expect("send");
+    assert_eq!(r.status(), 200, "alice's access cookie was not revoked");
+    // A password grant reads no cookie: two of them are no reason to refuse it.
+    let r = gw.client.post(gw.url("/token")).header("cookie", &two).form(&[("username", "alice"), ("password", "pw")]).send().await;
+    assert_eq!(r.expect("send").status(), 200);
+    let r = gw
+        .client
+        .post(gw.url("/token"))
+        .header("cookie", format!("authgate_refresh={refresh}"))
+        .header("origin", &own)
+        .form(&grant)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200, "the refused refresh did not spend the token");
+}
