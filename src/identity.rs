@@ -55,12 +55,13 @@ impl IdentityRules {
     /// An identity header, or (spelt with `_`) one that authgate sets
     /// about the client: `X_Real_IP` would reach a CGI-style upstream as
     /// `HTTP_X_REAL_IP` beside, or instead of, the `X-Real-IP` authgate
-    /// wrote.
+    /// wrote. Likewise a path or method override spelt with `_`
+    /// (`X_Original_URL`), which `proxy::rewrite_headers` removes as `-`.
     fn is_identity_header(&self, name: &HeaderName) -> bool {
         let name = name.as_str();
         if name.contains('_') {
             let name = dashed(name);
-            return self.is_identity_name(&name) || FORWARDING.contains(&name.as_str());
+            return self.is_identity_name(&name) || FORWARDING.contains(&name.as_str()) || crate::proxy::is_override(&name);
         }
         self.is_identity_name(name)
     }

@@ -42,6 +42,24 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// Headers some backends read as the request's real path or method, in
+/// place of the one authgate judged: IIS URL Rewrite's `X-Original-URL` and
+/// `X-Rewrite-URL` (older Symfony and Zend honour them, CVE-2018-14773),
+/// and the method overrides (a GET that the backend runs as a DELETE would
+/// also pass the cookie CSRF rule). Removed on every route.
+static OVERRIDES: [HeaderName; 5] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// Is `name` (lower case, `-` for `_`) one of the path and method overrides?
+pub fn is_override(name: &str) -> bool {
+    OVERRIDES.iter().any(|o| o.as_str() == name)
+}
+
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
@@ -102,9 +120,13 @@ pub struct Forwarded<'a> {
 }
 
 /// Rewrites the request headers as an upstream will receive them: no
-/// hop-by-hop headers, no `Authorization` unless kept, X-Forwarded-* added.
+/// hop-by-hop headers, no path or method overrides, no `Authorization`
+/// unless kept, X-Forwarded-* added.
 pub fn rewrite_headers(headers: &mut HeaderMap, fwd: &Forwarded<'_>, upgrade: Option<HeaderValue>, keep_authorization: bool) {
     remove_hop_by_hop(headers);
+    for name in &OVERRIDES {
+        headers.remove(name);
+    }
     if !keep_authorization {
         headers.remove(header::AUTHORIZATION);
     }

@@ -35,6 +35,33 @@ async fn hop_by_hop_headers_are_removed() {
     gw.stop().await;
 }
 
+/// Review 10b, F4: `X-Original-URL` and the method overrides reached the
+/// upstream, where some backends serve the path or method they name
+/// instead of the one authgate judged (`GET /public` run as `/admin`, a GET
+/// run as a DELETE past the cookie CSRF rule).
+#[tokio::test]
+async fn path_and_method_override_headers_never_reach_the_upstream() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start("", &route_to(&up, "public")).await;
+    let overrides = ["X-Original-URL", "X-Rewrite-URL", "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"];
+    let mut r = gw.client.get(gw.url("/public/x")).header("x-forwarded-prefix", "/p");
+    for (i, name) in overrides.iter().enumerate() {
+        r = r.header(*name, if i < 2 { "/admin/delete" } else { "DELETE" });
+    }
+    // Two copies of one, in another case: both go. So does the `_`
+    // spelling, which CGI and PHP read as the same `HTTP_X_ORIGINAL_URL`.
+    r = r.header("x-original-url", "/admin/other").header("X_Original_URL", "/admin").header("x_http_method_override", "PUT");
+    assert_eq!(r.send().await.expect("send").status(), 200);
+    let seen = up.last();
+    for name in overrides.into_iter().chain(["x_original_url", "x_http_method_override"]) {
+        assert!(seen.headers.get(name).is_none(), "{name} reached the upstream: {:?}", seen.headers.get(name));
+    }
+    assert_eq!(seen.path, "/public/x");
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.headers["x-forwarded-prefix"], "/p", "documented as not stripped");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn x_forwarded_headers_are_set() {
     let up = Upstream::start().await;
