@@ -68,12 +68,14 @@ impl Cors {
 
     /// Adds the CORS headers to an answer. An upstream's own are replaced:
     /// with `[cors]`, authgate alone decides which origins may read.
+    /// `Vary: Origin` goes on every answer, with an `Origin` or without: a
+    /// cache that kept the answer to a request without one (no
+    /// `Access-Control-Allow-Origin`) would otherwise serve it to the app.
     pub fn decorate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
         headers.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
         headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
-        let Some(origin) = origin else { return };
-        headers.append(header::VARY, VARY_ORIGIN.clone());
-        if self.origin_allowed(origin) {
+        vary_on_origin(headers);
+        if let Some(origin) = origin.filter(|o| self.origin_allowed(o)) {
             self.allow(origin, headers);
         }
     }
@@ -87,5 +89,58 @@ impl Cors {
         if self.credentials {
             h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE.clone());
         }
+    }
+}
+
+/// Adds `Origin` to the answer's `Vary`, unless it is listed there already
+/// or the answer varies on everything (`*`). An upstream's `Vary` fields
+/// are kept, joined with `Origin` into one (RFC 9110 §5.3: the same list).
+fn vary_on_origin(headers: &mut HeaderMap) {
+    let mut tokens = headers.get_all(header::VARY).iter().flat_map(|v| v.as_bytes().split(|b| *b == b',')).map(<[u8]>::trim_ascii);
+    if tokens.any(|t| t == b"*" || t.eq_ignore_ascii_case(b"origin")) {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::VARY).iter().map(|v| v.as_bytes().trim_ascii()).filter(|v| !v.is_empty()) {
+        joined.extend_from_slice(v);
+        joined.extend_from_slice(b", ");
+    }
+    if joined.is_empty() {
+        headers.insert(header::VARY, VARY_ORIGIN.clone());
+        return;
+    }
+    joined.extend_from_slice(b"Origin");
+    match HeaderValue::from_bytes(&joined) {
+        Ok(v) => {
+            headers.insert(header::VARY, v);
+        }
+        Err(_) => {
+            headers.append(header::VARY, VARY_ORIGIN.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vary(fields: &[&'static str]) -> Vec<String> {
+        let mut h = HeaderMap::new();
+        for f in fields {
+            h.append(header::VARY, HeaderValue::from_static(f));
+        }
+        vary_on_origin(&mut h);
+        h.get_all(header::VARY).iter().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).collect()
+    }
+
+    #[test]
+    fn vary_gets_origin_once() {
+        assert_eq!(vary(&[]), ["Origin"]);
+        assert_eq!(vary(&["Accept-Encoding"]), ["Accept-Encoding, Origin"]);
+        assert_eq!(vary(&["Accept-Encoding", "Accept-Language"]), ["Accept-Encoding, Accept-Language, Origin"]);
+        assert_eq!(vary(&["accept-encoding, origin"]), ["accept-encoding, origin"]);
+        assert_eq!(vary(&["Accept", "ORIGIN"]), ["Accept", "ORIGIN"]);
+        assert_eq!(vary(&["*"]), ["*"]);
+        assert_eq!(vary(&[""]), ["Origin"]);
     }
 }

@@ -503,3 +503,53 @@ async fn a_request_with_two_of_our_cookies_is_refused() {
         .expect("send");
     assert_eq!(r.status(), 200, "the refused refresh did not spend the token");
 }
+
+/// An upstream that answers `Vary` with each `&`-separated query item.
+async fn vary_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let mut resp = hyper::Response::builder();
+                    for v in req.uri().query().unwrap_or("").split('&').filter(|v| !v.is_empty()) {
+                        resp = resp.header("vary", v);
+                    }
+                    Ok::<_, std::convert::Infallible>(resp.body(http_body_util::Full::new(bytes::Bytes::from("ok"))).expect("response"))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Review 10b, F6: `Vary: Origin` was only added when the request carried
+/// an `Origin`, so a cache could keep the answer to one without (no
+/// `Access-Control-Allow-Origin`) and serve it to the allowed app.
+#[tokio::test]
+async fn every_cors_answer_varies_on_origin_once() {
+    let routes = format!(
+        "[[routes]]\npath = \"/\"\nupstream = \"{}\"\nauth = \"public\"\n\n[[routes]]\npath = \"/api\"\nupstream = \"echo\"\n",
+        vary_upstream().await
+    );
+    let gw = Gateway::start(&cors(""), &routes).await;
+    let vary =
+        |r: &reqwest::Response| r.headers().get_all("vary").iter().map(|v| v.to_str().expect("ascii").to_string()).collect::<Vec<_>>();
+    for path in ["/.well-known/jwks.json", "/api/x", "/x", "/auth/verify"] {
+        let r = gw.client.get(gw.url(path)).send().await.expect("send");
+        assert_eq!(vary(&r), ["Origin"], "{path} without an Origin ({})", r.status());
+    }
+    let r = gw.client.get(gw.url("/x?Accept-Encoding")).send().await.expect("send");
+    assert_eq!(vary(&r), ["Accept-Encoding, Origin"], "appended to the upstream's Vary");
+    let r = gw.client.get(gw.url("/x?Accept-Encoding&Accept-Language")).header("origin", APP).send().await.expect("send");
+    assert_eq!(vary(&r), ["Accept-Encoding, Accept-Language, Origin"]);
+    assert_eq!(r.headers()["access-control-allow-origin"], APP);
+    for upstream in ["accept-encoding,origin", "Origin", "*"] {
+        let r = gw.client.get(gw.url(&format!("/x?{upstream}"))).header("origin", EVIL).send().await.expect("send");
+        assert_eq!(vary(&r), [upstream], "the upstream's Vary names Origin already");
+        assert!(!r.headers().contains_key("access-control-allow-origin"));
+    }
+}
