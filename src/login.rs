@@ -201,10 +201,11 @@ async fn password_grant(app: &App, login: &Login, client: IpAddr, form: &HashMap
             Err(BAD_CREDENTIALS)
         }
     };
-    if app.store.shared_limits() && !current_entry(app, user).await? {
-        // Another replica has loaded a newer users file (or an older one):
-        // a password it no longer takes must not open a session here.
-        return refuse("another replica loaded a different entry for this user from the users file; reload this one (SIGHUP)").await;
+    // On every store, not only shared ones: this request was judged against
+    // the users file of the App that was current when its head arrived, and
+    // a reload since (here, or in another replica) may have changed it.
+    if !current_entry(app, user).await? {
+        return refuse("the users file was reloaded (here or by another replica) with a different entry for this user").await;
     }
     let (access, _) = mint(app, user).await?;
     if !still_live(app, &family).await? {
@@ -225,12 +226,14 @@ async fn still_live(app: &App, family: &str) -> Result<bool, GatewayError> {
     store::blocking(&app.store, move |s| s.family_live(&family)).await.map_err(unavailable)
 }
 
-/// Is this replica's entry for `user` the one the shared store last
-/// recorded? Replicas of a rolling update hold different users files for a
-/// while; the first to load a change records it (`store::sync_users`). No
-/// record (a store that lost its data) is no evidence either way. Checked
-/// after the session's family exists, so that a change recorded meanwhile
-/// is either seen here or ends that family with its cut-off.
+/// Is the entry this request was judged by (`user`, from its App's users
+/// file) the one the store last recorded? A login whose head arrived
+/// before a reload still runs on the old App; replicas of a rolling update
+/// hold different users files for a while. Whoever loads a change first
+/// records it (`store::sync_users`). No record (a store that lost its
+/// data) is no evidence either way. Checked after the session's family
+/// exists, so that a change recorded meanwhile is either seen here or ends
+/// that family with its cut-off.
 async fn current_entry(app: &App, user: &crate::users::User) -> Result<bool, GatewayError> {
     let (name, fp) = (user.username.clone(), user.fingerprint());
     let stored = store::blocking(&app.store, move |s| s.user_fingerprint(&name)).await.map_err(unavailable)?;

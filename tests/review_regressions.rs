@@ -161,3 +161,53 @@ async fn x_forwarded_for_appends_the_socket_peer_even_behind_a_trusted_proxy() {
     assert_eq!(up.last().headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
     gw.stop().await;
 }
+
+/// A login sent with the old password before a password change (its head
+/// arrived on the App of the old users file, its body after the reload)
+/// got a working access token and refresh family on the embedded and
+/// memory stores: the check against the stored users-file entry ran for
+/// Redis only.
+#[tokio::test]
+async fn a_login_judged_by_the_users_file_before_a_reload_opens_no_session_after_it() {
+    for store in ["kind = \"embedded\"\npath = \"store.db\"", "kind = \"memory\""] {
+        let users = |pw: &str| format!("[[users]]\nusername = \"alice\"\npassword_hash = \"{}\"\n", quick_hash(pw));
+        let login = format!(
+            "[login]\nusers_file = \"users.toml\"\nrate_limit = \"1000/minute\"\nrate_limit_per_username = \"1000/hour\"\n\n[store]\n{store}\n"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("users.toml"), users("old")).expect("users");
+        let text = config_text(dir.path(), &login, ROUTES);
+        let gw = Gateway::start_in(dir, &text).await;
+        // The head, with `Expect: 100-continue`: the 100 comes once the
+        // login handler reads the body, so the request is bound to this App.
+        let body = "username=alice&password=old";
+        let head = format!(
+            "POST /token HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut s = raw_tls(&gw, &[b"http/1.1"]).await;
+        s.write_all(head.as_bytes()).await.expect("write");
+        let mut buf = vec![0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("a 100 in time").expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"), "{store}: {}", String::from_utf8_lossy(&buf[..n]));
+        // The operator changes alice's (leaked) password and reloads.
+        std::fs::write(gw.dir.path().join("users.toml"), users("new")).expect("users");
+        gw.running().reload().await.expect("reload");
+        s.write_all(body.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        // Until the gateway closes (Connection: close) or a close without close_notify.
+        while let Ok(n) = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("an answer in time")
+            && n > 0
+        {
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert_eq!(status_of(&answer), 400, "{store}: the old password opened a session after the change: {answer}");
+        assert!(body_of(&answer).contains("invalid_grant"), "{store}: {answer}");
+        // The new password works, on the new App.
+        let r = gw.client.post(gw.url("/token")).form(&[("username", "alice"), ("password", "new")]).send().await.expect("send");
+        assert_eq!(r.status(), 200, "{store}");
+        gw.stop().await;
+    }
+}

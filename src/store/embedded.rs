@@ -227,6 +227,17 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    /// One row: every password login asks (`login::current_entry`).
+    fn user_fingerprint(&self, username: &str) -> Result<Option<TokenHash>> {
+        let fp: Option<Vec<u8>> = self
+            .conn()
+            .query_row("SELECT fingerprint FROM user_fingerprints WHERE username = ?1", params![username], |r| r.get(0))
+            .optional()
+            .map_err(e)?;
+        // A malformed fingerprint reads as "changed": the safe side.
+        Ok(fp.map(|fp| fp.try_into().unwrap_or([0u8; 32])))
+    }
+
     fn set_user_fingerprint(&self, username: &str, fingerprint: Option<&TokenHash>) -> Result<()> {
         let c = self.conn();
         match fingerprint {

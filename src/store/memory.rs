@@ -130,6 +130,10 @@ impl Store for MemoryStore {
         Ok(self.state().users.iter().map(|(k, v)| (k.clone(), *v)).collect())
     }
 
+    fn user_fingerprint(&self, username: &str) -> Result<Option<TokenHash>> {
+        Ok(self.state().users.get(username).copied())
+    }
+
     fn set_user_fingerprint(&self, username: &str, fingerprint: Option<&TokenHash>) -> Result<()> {
         let mut s = self.state();
         match fingerprint {
