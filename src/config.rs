@@ -137,6 +137,13 @@ struct RawJwt {
 fn default_access_ttl() -> String {
     "15m".into()
 }
+/// The largest `server.max_connections` and `max_upstream_requests`
+/// accepted: far past what one process serves (each connection is a file
+/// descriptor), and small enough for a tokio semaphore (which panics past
+/// `usize::MAX >> 3` permits) and for the shutdown drain's `u32` count.
+pub const MAX_SLOTS: usize = 1_000_000;
+const _: () = assert!(MAX_SLOTS <= tokio::sync::Semaphore::MAX_PERMITS && MAX_SLOTS <= u32::MAX as usize);
+
 /// The largest `jwt.leeway` accepted.
 const MAX_LEEWAY: Duration = Duration::from_secs(600);
 
@@ -589,11 +596,11 @@ impl Validator<'_> {
                     .map_err(|_| self.err(format!("server.trusted_proxies[{i}]"), format!("{c:?} is not a CIDR like \"10.0.0.0/8\"")))
             })
             .collect::<R<Vec<_>>>()?;
-        if s.max_connections == 0 {
-            return Err(self.err("server.max_connections", "must be at least 1"));
+        if !(1..=MAX_SLOTS).contains(&s.max_connections) {
+            return Err(self.err("server.max_connections", format!("must be between 1 and {MAX_SLOTS}")));
         }
-        if s.max_upstream_requests == Some(0) {
-            return Err(self.err("server.max_upstream_requests", "must be at least 1"));
+        if s.max_upstream_requests.is_some_and(|n| !(1..=MAX_SLOTS).contains(&n)) {
+            return Err(self.err("server.max_upstream_requests", format!("must be between 1 and {MAX_SLOTS}")));
         }
         if !(1024..=1 << 20).contains(&s.max_header_bytes) {
             return Err(self.err("server.max_header_bytes", "must be between 1024 and 1048576"));

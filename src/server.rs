@@ -43,7 +43,8 @@ pub struct Running {
     pub redirect_addr: Option<SocketAddr>,
     pub reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    /// The TLS listener's task; None once `failed` has seen it end.
+    task: Option<JoinHandle<()>>,
     side: Vec<JoinHandle<()>>,
 }
 
@@ -58,13 +59,37 @@ impl Running {
         self.reloader.reload().await
     }
 
+    /// Resolves only if the TLS listener's task ends before `shutdown`,
+    /// which takes a bug (a panic): the process would still answer
+    /// `/healthz` and `/readyz` on the admin listener without serving
+    /// anyone, so `run` ends it instead. The error says how it ended.
+    pub async fn failed(&mut self) -> anyhow::Error {
+        ended(&mut self.task).await
+    }
+
     /// Stops accepting, drains connections (up to `shutdown_grace`), returns when done.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        if let Some(task) = self.task
+            && let Err(error) = task.await
+        {
+            tracing::error!(%error, "the TLS listener failed");
+        }
         for t in self.side {
             let _ = t.await;
         }
+    }
+}
+
+/// Waits for `task` to end, then takes it (a finished JoinHandle must not
+/// be awaited again); never resolves when there is none.
+async fn ended(task: &mut Option<JoinHandle<()>>) -> anyhow::Error {
+    let Some(handle) = task.as_mut() else { return std::future::pending().await };
+    let result = handle.await;
+    *task = None;
+    match result {
+        Ok(()) => anyhow::anyhow!("the TLS listener stopped on its own"),
+        Err(error) => anyhow::anyhow!("the TLS listener failed: {error}"),
     }
 }
 
@@ -109,7 +134,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         side.push(tokio::spawn(crate::admin::serve_redirect(l, addr.port(), until_stopped())));
     }
     side.push(tokio::spawn(crate::reload::watch_files(reloader.clone(), until_stopped())));
-    let task = tokio::spawn(serve(listener, shared, tls, until_stopped()));
+    let task = Some(tokio::spawn(serve(listener, shared, tls, until_stopped())));
     Ok(Running { addr, admin_addr, redirect_addr, reloader, stop, task, side })
 }
 
@@ -174,6 +199,7 @@ pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdo
     let grace = app.load().config.server.shutdown_grace;
     tracing::info!(connections = open, "shutting down: draining connections");
     let _ = stop_tx.send(true);
+    // max_connections <= config::MAX_SLOTS, which fits a u32: every slot.
     let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
     if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
         tracing::warn!(?grace, "connections still open after shutdown_grace; closing them");
@@ -487,7 +513,7 @@ pub async fn shutdown_signal() {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Installed before anything listens: SIGHUP's default action is to exit.
     let hangups = crate::reload::on_sighup()?;
-    let running = start(config).await?;
+    let mut running = start(config).await?;
     crate::banner(&running.app(), running.addr);
     if let Some(a) = running.admin_addr {
         tracing::info!(admin = %a, "admin listener (plain HTTP): /healthz /readyz /metrics");
@@ -496,9 +522,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(redirect = %a, "http_redirect listener (plain HTTP): 308 to https");
     }
     let hup = tokio::spawn(hangups.serve(running.reloader.clone()));
-    shutdown_signal().await;
+    let failure = tokio::select! {
+        () = shutdown_signal() => None,
+        error = running.failed() => Some(error),
+    };
     hup.abort();
     running.shutdown().await;
-    tracing::info!("stopped");
-    Ok(())
+    match failure {
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        // A non-zero exit for the supervisor to restart us.
+        Some(error) => {
+            tracing::error!(%error, "stopping: no longer serving");
+            Err(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic in the serve task (a `max_connections` past tokio's
+    /// semaphore limit did it) left a process whose admin listener said ok
+    /// while nothing listened: it must come out as an error for `run`.
+    #[tokio::test]
+    async fn a_panicked_listener_task_is_an_error() {
+        let mut running = Some(tokio::spawn(std::future::pending::<()>()));
+        assert!(tokio::time::timeout(Duration::from_millis(20), ended(&mut running)).await.is_err(), "a serving listener is no error");
+        let mut task = Some(tokio::spawn(async { panic!("a semaphore may not have more than MAX_PERMITS permits") }));
+        let error = ended(&mut task).await;
+        assert!(format!("{error:#}").contains("the TLS listener failed"), "{error:#}");
+        assert!(task.is_none(), "taken: shutdown must not await it again");
+    }
 }

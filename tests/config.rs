@@ -104,6 +104,55 @@ fn durations_past_a_century_are_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A `max_connections` past tokio's semaphore limit passed `check` and
+/// panicked the serve task: no TLS listener, while /healthz said ok.
+#[test]
+fn connection_and_upstream_request_limits_past_a_million_are_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(dir.path(), "", ROUTES);
+    for (key, value) in [("max_connections", "4000000000000000000"), ("max_upstream_requests", "1000001"), ("max_connections", "0")] {
+        let bad = with_server(&text, &format!("{key} = {value}"));
+        let line = assert_config_error(&check(dir.path(), &bad, &[]), dir.path(), &format!("server.{key}"));
+        assert!(line.contains("1000000"), "names the limit: {line}");
+    }
+    let out = check(
+        dir.path(),
+        &with_server(
+            &text,
+            "max_connections = 1000000
+max_upstream_requests = 1000000",
+        ),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "the limit itself is allowed: {}", String::from_utf8_lossy(&out.stderr));
+    // `serve` refuses it too, at once, instead of running without a listener.
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, with_server(&text, "max_connections = 4000000000000000000")).expect("write config");
+    let mut child = Command::new(bin())
+        .args(["serve", "--config", file.to_str().expect("utf-8 path")])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn authgate");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`serve` with max_connections past the limit is still running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("server.max_connections") && !stderr.contains("panicked"), "{stderr}");
+}
+
 /// Expiry times are whole seconds: a refresh token shorter than one would
 /// expire as it is issued.
 #[test]
