@@ -222,14 +222,36 @@ impl fmt::Display for Sources<'_> {
 /// parameters, which can hold a session id (`;jsessionid=`) as the query
 /// string can: `/app;jsessionid=1/x` as `/app/x`. Only formatted when the
 /// access log is on.
+///
+/// A normalised path is printable ASCII. A path that failed normalisation
+/// is logged as received, and hyper lets UTF-8 through, C1 controls (the
+/// 8-bit CSI, U+009B) among it: every byte outside printable ASCII is
+/// percent-encoded, as the path would be on the wire, so that a path
+/// cannot drive the terminal of whoever reads the log.
 pub struct LogPath<'a>(pub &'a str);
 
 impl fmt::Display for LogPath<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.0.contains(';') {
-            return f.write_str(self.0);
+        let stripped;
+        let path = if self.0.contains(';') {
+            stripped = crate::routes::without_segment_params(self.0);
+            stripped.as_str()
+        } else {
+            self.0
+        };
+        if path.bytes().all(|b| b.is_ascii_graphic()) {
+            return f.write_str(path);
         }
-        f.write_str(&crate::routes::without_segment_params(self.0))
+        for c in path.chars() {
+            if c.is_ascii_graphic() {
+                f.write_char(c)?;
+            } else {
+                for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                    write!(f, "%{b:02X}")?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -155,3 +155,22 @@ async fn forward_auth_without_the_original_method_warns_once() {
     let warnings = log.lines().filter(|l| l.contains("WARN") && l.contains("set X-Original-Method")).count();
     assert_eq!(warnings, 1, "{log}");
 }
+
+/// A path that fails normalisation is logged as received, and U+009B (the
+/// 8-bit CSI, which a terminal acts on like ESC [) reached the text access
+/// log unescaped: it is percent-encoded now.
+#[tokio::test]
+async fn c1_controls_in_a_refused_path_are_escaped_in_the_access_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config(dir.path(), "text");
+    let sp = spawn_binary(dir, &text, &[]);
+    let answer =
+        raw_request(&sp.gw, b"GET /\xc2\x9b31mEVIL/../.. HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", Duration::from_secs(5))
+            .await;
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert!(sp.wait_log("authgate::access", 1, Duration::from_secs(10)), "{}", sp.log());
+    let log = sp.log();
+    let line = log.lines().find(|l| l.contains("authgate::access")).expect("an access log line");
+    assert!(!line.contains('\u{9b}'), "a C1 control reached the log: {line:?}");
+    assert!(line.contains("path=/%C2%9B31mEVIL/../.. "), "{line}");
+}
