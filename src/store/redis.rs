@@ -291,6 +291,27 @@ fn num(s: &str) -> u64 {
     s.parse::<f64>().ok().filter(|f| *f >= 0.0).map_or(0, |f| f as u64)
 }
 
+/// The `since` script's answer: epoch, the two cursors, the number n of
+/// jti pairs, then n (jti, until) pairs and the (sub, cut-off) pairs. A
+/// Redis that answers something else (corrupt, or not ours) gets an error,
+/// never a panic or a wrapped count.
+fn parse_since(out: &[String]) -> Result<Revocations> {
+    let bad = || StoreError("redis: unexpected answer to the revocation log query".into());
+    let [epoch, jtis, cutoffs, n, rest @ ..] = out else { return Err(bad()) };
+    let n = usize::try_from(num(n)).ok().and_then(|n| n.checked_mul(2)).filter(|n| *n <= rest.len()).ok_or_else(bad)?;
+    if rest.len() % 2 != 0 {
+        return Err(bad());
+    }
+    let (j, c) = rest.split_at(n);
+    let mut r = Revocations {
+        cursor: Cursor { jtis: num(jtis) as i64, cutoffs: num(cutoffs) as i64, epoch: epoch.parse().map_err(|_| bad())? },
+        ..Default::default()
+    };
+    r.jtis = j.chunks(2).map(|p| (p[0].clone(), num(&p[1]))).collect();
+    r.cutoffs = c.chunks(2).map(|p| (p[0].clone(), num(&p[1]))).collect();
+    Ok(r)
+}
+
 impl RedisStore {
     /// Checks the URL; connections are opened on first use.
     pub fn open(url: &str) -> Result<RedisStore> {
@@ -496,20 +517,7 @@ impl Store for RedisStore {
             }
             inv.arg(cursor.jtis).arg(cursor.cutoffs).arg(PREFIX).arg(candidate).arg(cursor.epoch).invoke(c)
         })?;
-        let bad = || StoreError("redis: unexpected answer to the revocation log query".into());
-        let [epoch, jtis, cutoffs, n, rest @ ..] = out.as_slice() else { return Err(bad()) };
-        let n = usize::try_from(num(n)).map_err(|_| bad())?;
-        if rest.len() % 2 != 0 || n * 2 > rest.len() {
-            return Err(bad());
-        }
-        let (j, c) = rest.split_at(n * 2);
-        let mut r = Revocations {
-            cursor: Cursor { jtis: num(jtis) as i64, cutoffs: num(cutoffs) as i64, epoch: epoch.parse().map_err(|_| bad())? },
-            ..Default::default()
-        };
-        r.jtis = j.chunks(2).map(|p| (p[0].clone(), num(&p[1]))).collect();
-        r.cutoffs = c.chunks(2).map(|p| (p[0].clone(), num(&p[1]))).collect();
-        Ok(r)
+        parse_since(&out)
     }
 
     fn user_fingerprints(&self) -> Result<Vec<(String, TokenHash)>> {
@@ -593,5 +601,28 @@ impl Store for RedisStore {
 
     fn follow(&self, wake: &Arc<tokio::sync::Notify>) {
         tokio::spawn(Self::follow_channel(self.client.clone(), Arc::downgrade(wake)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A pair count of 2^63 or more from Redis overflowed `n * 2`: a panic
+    /// in debug builds (the upkeep task died, revocations stopped syncing),
+    /// a wrapped count that passed the check in release.
+    #[test]
+    fn a_huge_pair_count_from_redis_is_an_error() {
+        for n in ["9223372036854775808", "18446744073709551615", "1e30", "3"] {
+            let r = parse_since(&answer(&["7", "1", "2", n, "j", "10", "s", "20"]));
+            assert!(r.is_err(), "count {n}: {r:?}");
+        }
+        let r = parse_since(&answer(&["7", "1", "2", "1", "j", "10", "s", "20"])).expect("a good answer");
+        assert_eq!((r.jtis, r.cutoffs), (vec![("j".to_string(), 10)], vec![("s".to_string(), 20)]));
+        assert_eq!(r.cursor, Cursor { jtis: 1, cutoffs: 2, epoch: 7 });
     }
 }
