@@ -43,22 +43,66 @@ pub enum PasswordHash {
     Bcrypt(String),
 }
 
+/// The costliest hashes a users file may hold. Each login, and each load
+/// of the file (one dummy hash per kind, `Users::from_list`), costs one
+/// check; past these a single check takes many seconds or gigabytes, and a
+/// start or a reload hangs on it. OWASP's recommendations (argon2id 19 MiB
+/// t=2, bcrypt 10) sit far below them.
+pub const MAX_BCRYPT_COST: u32 = 16;
+/// argon2id memory, in KiB (256 MiB).
+pub const MAX_ARGON2_M_KIB: u32 = 262_144;
+pub const MAX_ARGON2_T: u32 = 16;
+pub const MAX_ARGON2_P: u32 = 16;
+
+/// Why a users-file hash is refused.
+#[derive(Debug)]
+pub enum HashError {
+    /// Not an argon2id or bcrypt PHC string.
+    Malformed(&'static str),
+    /// Well-formed, past the cost limits above.
+    TooCostly(String),
+}
+
+impl std::fmt::Display for HashError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashError::Malformed(m) => f.write_str(m),
+            HashError::TooCostly(m) => f.write_str(m),
+        }
+    }
+}
+
 impl PasswordHash {
-    pub fn parse(s: &str) -> Result<PasswordHash, &'static str> {
+    pub fn parse(s: &str) -> Result<PasswordHash, HashError> {
         const BAD: &str = "not an argon2id or bcrypt PHC string (make one with `authgate hash-password`)";
         if s.starts_with("$argon2") {
-            let h = argon2::PasswordHash::new(s).map_err(|_| BAD)?;
+            let h = argon2::PasswordHash::new(s).map_err(|_| HashError::Malformed(BAD))?;
             if h.algorithm.as_str() != "argon2id" {
-                return Err("argon2i and argon2d are not accepted; use argon2id (`authgate hash-password`)");
+                return Err(HashError::Malformed("argon2i and argon2d are not accepted; use argon2id (`authgate hash-password`)"));
             }
-            argon2::Params::try_from(&h).map_err(|_| BAD)?;
+            let p = argon2::Params::try_from(&h).map_err(|_| HashError::Malformed(BAD))?;
+            if p.m_cost() > MAX_ARGON2_M_KIB || p.t_cost() > MAX_ARGON2_T || p.p_cost() > MAX_ARGON2_P {
+                return Err(HashError::TooCostly(format!(
+                    "argon2id m={} t={} p={} is too costly to check (at most m={MAX_ARGON2_M_KIB} t={MAX_ARGON2_T} p={MAX_ARGON2_P}); \
+                     hash the password again with `authgate hash-password`",
+                    p.m_cost(),
+                    p.t_cost(),
+                    p.p_cost()
+                )));
+            }
             return Ok(PasswordHash::Argon2id(s.to_string()));
         }
         if ["$2a$", "$2b$", "$2y$"].iter().any(|p| s.starts_with(p)) && s.len() == 60 {
-            s.parse::<bcrypt::HashParts>().map_err(|_| BAD)?;
+            let parts = s.parse::<bcrypt::HashParts>().map_err(|_| HashError::Malformed(BAD))?;
+            if parts.get_cost() > MAX_BCRYPT_COST {
+                return Err(HashError::TooCostly(format!(
+                    "bcrypt cost {} is too costly to check (at most {MAX_BCRYPT_COST}); hash the password again with a lower cost",
+                    parts.get_cost()
+                )));
+            }
             return Ok(PasswordHash::Bcrypt(s.to_string()));
         }
-        Err(BAD)
+        Err(HashError::Malformed(BAD))
     }
 
     pub fn as_str(&self) -> &str {
@@ -244,8 +288,13 @@ fn parse_htpasswd(file: &Path, text: &str) -> Result<Vec<User>, ConfigError> {
         if name.is_empty() {
             return Err(err(file, &key, "the username is empty"));
         }
-        let password_hash = PasswordHash::parse(hash)
-            .map_err(|_| err(file, &key, "only bcrypt hashes are supported in an htpasswd file; create them with `htpasswd -B`"))?;
+        let password_hash = match PasswordHash::parse(hash) {
+            Ok(h) => h,
+            Err(HashError::TooCostly(m)) => return Err(err(file, &key, format!("user {name:?}: {m}"))),
+            Err(HashError::Malformed(_)) => {
+                return Err(err(file, &key, "only bcrypt hashes are supported in an htpasswd file; create them with `htpasswd -B`"));
+            }
+        };
         if users.iter().any(|u| u.username == name) {
             return Err(err(file, &key, format!("user {name:?} is listed twice")));
         }
@@ -270,7 +319,7 @@ fn parse_toml(file: &Path, text: &str) -> Result<Vec<User>, ConfigError> {
         if let Some(j) = users.iter().position(|p| p.username == u.username) {
             return Err(err(file, key("username"), format!("{:?} is already users[{j}]", u.username)));
         }
-        let password_hash = PasswordHash::parse(&u.password_hash).map_err(|m| err(file, key("password_hash"), m))?;
+        let password_hash = PasswordHash::parse(&u.password_hash).map_err(|m| err(file, key("password_hash"), m.to_string()))?;
         let mut claims = Map::new();
         for (name, value) in u.claims {
             if RESERVED_CLAIMS.contains(&name.as_str()) {
@@ -356,8 +405,33 @@ mod tests {
         let b = PasswordHash::parse(&b).expect("bcrypt");
         assert!(b.verify("pw") && !b.verify("px"));
         assert!(PasswordHash::parse("$apr1$abc$def").is_err());
+        assert!(PasswordHash::parse(&hash_password("pw").expect("hash")).is_ok(), "the default parameters are well within the limits");
         assert!(PasswordHash::parse("plaintext").is_err());
         assert!(looks_like_htpasswd("# c\nbob:$2y$05$abc\n"));
         assert!(!looks_like_htpasswd("[[users]]\nusername = \"a:b\"\n"));
+    }
+
+    /// Hash costs were not capped: a bcrypt cost of 31 or an argon2id
+    /// m of gigabytes hung a start or a reload (one dummy hash per kind)
+    /// and every login of that user. The limits themselves are accepted.
+    #[test]
+    fn hashes_past_the_cost_limits_are_refused() {
+        let argon = |m: u32, t: u32, p: u32| {
+            format!("$argon2id$v=19$m={m},t={t},p={p}$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+        };
+        let bcrypt_cost = |cost: u32| bcrypt::hash("pw", 4).expect("bcrypt").replacen("$04$", &format!("${cost:02}$"), 1);
+        for (hash, what) in [
+            (argon(MAX_ARGON2_M_KIB + 1, 1, 1), "m"),
+            (argon(8, MAX_ARGON2_T + 1, 1), "t"),
+            (argon(256, 1, MAX_ARGON2_P + 1), "p"),
+            (argon(4_194_304, 1, 1), "m of 4 GiB"),
+            (bcrypt_cost(MAX_BCRYPT_COST + 1), "bcrypt"),
+            (bcrypt_cost(31), "bcrypt 31"),
+        ] {
+            assert!(matches!(PasswordHash::parse(&hash), Err(HashError::TooCostly(_))), "{what}: {hash}");
+        }
+        for hash in [argon(MAX_ARGON2_M_KIB, MAX_ARGON2_T, MAX_ARGON2_P), bcrypt_cost(MAX_BCRYPT_COST)] {
+            assert!(PasswordHash::parse(&hash).is_ok(), "{hash}");
+        }
     }
 }

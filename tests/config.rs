@@ -491,3 +491,19 @@ fn public_pem(private_pem: &[u8]) -> Vec<u8> {
     let spki = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(kp.public_key()).expect("spki");
     authgate::keys::pem_encode("PUBLIC KEY", spki.as_ref()).into_bytes()
 }
+
+/// Users-file hash costs were uncapped: `check` (and a start) hashed a
+/// dummy of a bcrypt cost 31 or a many-GiB argon2id for hours.
+#[test]
+fn a_users_file_hash_past_the_cost_limits_is_an_error_naming_the_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Cost 17 on a cost-4 hash: never hashed when refused.
+    let bcrypt = bcrypt::hash("pw", 4).expect("bcrypt").replacen("$04$", "$17$", 1);
+    std::fs::write(dir.path().join("users.toml"), format!("[[users]]\nusername = \"carol\"\npassword_hash = \"{bcrypt}\"\n"))
+        .expect("users");
+    let text = config_text(dir.path(), "[login]\nusers_file = \"users.toml\"\n", ROUTES);
+    let out = check(dir.path(), &text, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("users.toml") && stderr.contains("users[0].password_hash") && stderr.contains("at most 16"), "{stderr}");
+}

@@ -179,3 +179,29 @@ async fn watch_reloads_when_the_config_or_users_file_changes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An argon2id hash with t past the limit, cheap to compute (m=8 KiB).
+fn costly_hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let params = argon2::Params::new(8, 17, 1, None).expect("params");
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    a.hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng)).expect("hash").to_string()
+}
+
+/// Hash costs were uncapped, and a reload hashed a dummy of each kind in
+/// the file while holding the reload lock: a bcrypt cost of 31 or an
+/// argon2id m of gigabytes hung it for hours. Such a file is refused,
+/// naming the entry, and the running users keep working.
+#[tokio::test]
+async fn a_users_file_with_a_hash_past_the_cost_limits_is_refused_on_reload() {
+    let gw = start("").await;
+    let before = gw.app();
+    let text = format!("{}[[users]]\nusername = \"bob\"\npassword_hash = \"{}\"\n", users(&["alice"]), costly_hash("pw-bob"));
+    std::fs::write(gw.dir.path().join("users.toml"), text).expect("users");
+    let err = gw.running().reload().await.expect_err("a hash past the limits must be refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("users.toml") && msg.contains("users[1].password_hash") && msg.contains("t=16"), "{msg}");
+    assert!(Arc::ptr_eq(&before, &gw.app()), "the old App must keep serving");
+    assert_eq!(login(&gw, "alice").await.status(), 200);
+    assert_eq!(login(&gw, "bob").await.status(), 400, "bob is not in the running users file");
+}
