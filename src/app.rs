@@ -20,7 +20,7 @@ use crate::cookies;
 use crate::cors::Cors;
 use crate::error::{GatewayError, TokenError};
 use crate::identity::IdentityRules;
-use crate::jwt::{Identity, Signer, Verifier, now_secs};
+use crate::jwt::{Identity, Signer, Verifier};
 use crate::log_format::{Ip, LogPath};
 use crate::login::Endpoint;
 use crate::metrics::Metrics;
@@ -468,7 +468,7 @@ impl App {
             None if route.auth == AuthMode::Optional => return Ok(None),
             None => return Err(GatewayError::Unauthorized),
         };
-        let now = now_secs();
+        let now = crate::jwt::clock()?;
         // Read before verifying: keys that change during the check leave
         // the entry with an older generation, never used again.
         let generation = self.verifier.key_generation();

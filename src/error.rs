@@ -106,6 +106,14 @@ pub enum GatewayError {
     OAuth { error: &'static str, description: &'static str },
 }
 
+/// A clock before 1970 would put every `exp` in the future: refuse to
+/// judge tokens (503, logged with the detail) rather than pass them.
+impl From<crate::jwt::ClockBeforeEpoch> for GatewayError {
+    fn from(_: crate::jwt::ClockBeforeEpoch) -> GatewayError {
+        GatewayError::Unavailable("the system clock reads before 1970: tokens cannot be checked".into())
+    }
+}
+
 const BEARER_REALM: HeaderValue = HeaderValue::from_static("Bearer realm=\"authgate\"");
 const INSUFFICIENT_SCOPE: HeaderValue = HeaderValue::from_static("Bearer error=\"insufficient_scope\"");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");

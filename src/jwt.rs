@@ -98,8 +98,24 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// Unix seconds now, for bookkeeping (store times, pruning); 0 when the
+/// clock reads before 1970. Checking a token's times uses [`clock`].
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    clock().unwrap_or(0)
+}
+
+/// The system clock reads before 1970.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockBeforeEpoch;
+
+/// Unix seconds now, or an error when the clock reads before 1970: as 0,
+/// no `exp` would ever be reached, and every expired token would pass.
+pub fn clock() -> Result<u64, ClockBeforeEpoch> {
+    unix_secs(SystemTime::now())
+}
+
+fn unix_secs(t: SystemTime) -> Result<u64, ClockBeforeEpoch> {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).map_err(|_| ClockBeforeEpoch)
 }
 
 /// A JSON object that refuses duplicate keys (RFC 8725 §3.4: parsers that
@@ -431,5 +447,21 @@ impl Signer {
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clock before 1970 read as 0 seconds, so no `exp` was ever reached
+    /// (`now >= exp + leeway` never held): an error now, which the request
+    /// path answers 503 rather than judging a token.
+    #[test]
+    fn a_clock_before_1970_is_an_error_not_zero() {
+        assert_eq!(unix_secs(UNIX_EPOCH - std::time::Duration::from_secs(1)), Err(ClockBeforeEpoch));
+        assert_eq!(unix_secs(UNIX_EPOCH + std::time::Duration::from_secs(5)), Ok(5));
+        let e = crate::error::GatewayError::from(ClockBeforeEpoch);
+        assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
     }
 }

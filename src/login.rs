@@ -16,7 +16,7 @@ use crate::body::{self, Body};
 use crate::config::LoginConfig;
 use crate::cookies;
 use crate::error::GatewayError;
-use crate::jwt::{now_secs, random_id};
+use crate::jwt::{clock, random_id};
 use crate::rate_limit::LoginLimits;
 use crate::store::{self, Rotation, hash_token};
 use crate::users::{User, Users};
@@ -188,7 +188,7 @@ async fn password_grant(app: &App, login: &Login, client: IpAddr, form: &HashMap
         return Err(BAD_CREDENTIALS);
     };
     let refresh = random_id(32);
-    let (family, token_hash, now) = (random_id(16), hash_token(&refresh), now_secs());
+    let (family, token_hash, now) = (random_id(16), hash_token(&refresh), clock()?);
     let expires = now.saturating_add(login.config.refresh_ttl.as_secs());
     let sub = user.username.clone();
     let fam = family.clone();
@@ -252,7 +252,7 @@ async fn refresh_grant(app: &App, login: &Login, form: &HashMap<String, String>,
     let old = hash_token(presented);
     let refresh = random_id(32);
     let new = hash_token(&refresh);
-    let now = now_secs();
+    let now = clock()?;
     let rotation = store::blocking(&app.store, move |s| s.rotate_refresh(&old, &new, now)).await.map_err(unavailable)?;
     match rotation {
         Rotation::Rotated { sub, family, cutoff } => {
@@ -308,7 +308,7 @@ async fn revoke(app: &App, login: &Login, form: &HashMap<String, String>, jar: &
 async fn revoke_token(app: &App, token: &str) -> Result<(), GatewayError> {
     // Our refresh tokens are base64url (no dots); access tokens are JWTs.
     if token.contains('.') {
-        if let Ok(id) = app.verifier.verify(token, now_secs()) {
+        if let Ok(id) = app.verifier.verify(token, clock()?) {
             let jti = id.jti();
             // Refused for as long as the verifier would accept it.
             let until = id.exp().saturating_add(app.config.jwt.leeway.as_secs());
