@@ -162,14 +162,18 @@ impl Store for SqliteStore {
     }
 
     fn revoke_jti(&self, jti: &str, until: u64) -> Result<()> {
-        self.conn()
-            .execute(
-                "INSERT INTO revoked_jtis (jti, until) VALUES (?1, ?2)
-                 ON CONFLICT(jti) DO UPDATE SET until = max(until, excluded.until)",
-                params![jti, int(until)],
-            )
-            .map_err(e)?;
-        Ok(())
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let before: Option<i64> =
+            tx.query_row("SELECT until FROM revoked_jtis WHERE jti = ?1", params![jti], |r| r.get(0)).optional().map_err(e)?;
+        // A later `until` (a revocation after `jwt.leeway` grew) is written
+        // as a new row, with a new sequence number, as Redis logs it anew:
+        // a process that has read the old row reads it again.
+        if before.is_none_or(|b| b < int(until)) {
+            tx.execute("DELETE FROM revoked_jtis WHERE jti = ?1", params![jti]).map_err(e)?;
+            tx.execute("INSERT INTO revoked_jtis (jti, until) VALUES (?1, ?2)", params![jti, int(until)]).map_err(e)?;
+        }
+        tx.commit().map_err(e)
     }
 
     fn revoke_subject(&self, sub: &str, cutoff: u64) -> Result<()> {
@@ -293,5 +297,26 @@ mod tests {
         assert!(s.revocations_since(r.cursor).expect("since").jtis.is_empty());
         assert_eq!(s.prune(250).expect("prune"), 2);
         assert_eq!(s.rotate_refresh(&t2, &t3, 150).expect("gone"), Rotation::Invalid);
+    }
+
+    /// Revoking a jti again with a later `until` (after `jwt.leeway` grew)
+    /// kept the row's sequence number: another process (a second gateway
+    /// on the file) that had read the row never saw the later time, and
+    /// dropped the jti from its denylist at the earlier one.
+    #[test]
+    fn a_later_until_for_a_revoked_jti_is_logged_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = SqliteStore::open(&dir.path().join("a.db")).expect("open");
+        s.revoke_jti("j", 100).expect("jti");
+        let seen = s.revocations_since(Cursor::default()).expect("since");
+        assert_eq!(seen.jtis, [("j".to_string(), 100)]);
+        s.revoke_jti("j", 160).expect("jti");
+        assert_eq!(s.revocations_since(seen.cursor).expect("since").jtis, [("j".to_string(), 160)], "the later until is logged again");
+        // An earlier or equal one changes nothing, and is not logged again.
+        let seen = s.revocations_since(Cursor::default()).expect("since");
+        s.revoke_jti("j", 120).expect("jti");
+        s.revoke_jti("j", 160).expect("jti");
+        assert!(s.revocations_since(seen.cursor).expect("since").jtis.is_empty());
+        assert_eq!(s.revocations_since(Cursor::default()).expect("since").jtis, [("j".to_string(), 160)]);
     }
 }

@@ -87,8 +87,11 @@ impl Store for MemoryStore {
         let mut s = self.state();
         s.seq += 1;
         let seq = s.seq;
+        // A later `until` gets a new sequence number, as in the other stores.
         let e = s.jtis.entry(jti.into()).or_insert((seq, until));
-        e.1 = e.1.max(until);
+        if until > e.1 {
+            *e = (seq, until);
+        }
         Ok(())
     }
 
