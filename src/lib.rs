@@ -35,6 +35,7 @@ pub mod login;
 pub mod metrics;
 pub mod proxy;
 pub mod rate_limit;
+pub mod reclaim;
 pub mod reload;
 pub mod revocation;
 pub mod route_limit;
