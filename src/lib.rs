@@ -33,6 +33,7 @@ pub mod keys;
 pub mod log_format;
 pub mod login;
 pub mod metrics;
+pub mod open_files;
 pub mod proxy;
 pub mod rate_limit;
 pub mod reclaim;

@@ -545,6 +545,7 @@ pub async fn shutdown_signal() {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Installed before anything listens: SIGHUP's default action is to exit.
     let hangups = crate::reload::on_sighup()?;
+    crate::open_files::raise(config.server.max_connections);
     let mut running = start(config).await?;
     crate::banner(&running.app(), running.addr);
     if let Some(a) = running.admin_addr {

@@ -254,3 +254,51 @@ async fn http2_rapid_reset_flood_gets_goaway_and_other_clients_are_served() {
         assert_eq!(c.get(gw.url("/after")).send().await.expect("served after the flood").status(), 200);
     }
 }
+
+/// The soft and hard open-file limits of process `pid`, from /proc.
+fn open_file_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read /proc/PID/limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("a Max open files line");
+    let mut n = line.split_whitespace().skip(3).map(|v| v.parse::<u64>().expect("a number"));
+    (n.next().expect("soft"), n.next().expect("hard"))
+}
+
+fn max_connections_config(dir: &tempfile::TempDir, n: usize) -> String {
+    let routes = "[[routes]]\npath = \"/\"\nupstream = \"echo\"\nauth = \"public\"\n";
+    with_server(&config_text(dir.path(), "", routes), &format!("max_connections = {n}"))
+}
+
+/// Regression (DoS review F6): `max_connections` was never checked against
+/// RLIMIT_NOFILE. A soft limit below the hard one is raised at start.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_limit_at_start() {
+    let hard = rlimit_hard();
+    if hard <= 256 {
+        return eprintln!("skipped: the hard open-file limit is {hard}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = max_connections_config(&dir, 10);
+    let gw = spawn_binary_after(dir, &text, &[], Some("ulimit -Sn 256"));
+    assert_eq!(open_file_limits(gw.pid()), (hard, hard), "log:\n{}", gw.log());
+    assert!(gw.log().contains("raised the open-file limit"), "{}", gw.log());
+}
+
+/// ... and a hard limit below two files a connection is named in a warning.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_hard_open_file_limit_below_what_max_connections_needs_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = max_connections_config(&dir, 1000);
+    let gw = spawn_binary_after(dir, &text, &[], Some("ulimit -n 256"));
+    let log = gw.log();
+    let warning = log.lines().find(|l| l.contains("WARN") && l.contains("RLIMIT_NOFILE")).unwrap_or_else(|| panic!("no warning:\n{log}"));
+    for part in ["max_connections=1000", "needed=2100", "limit=256", "LimitNOFILE"] {
+        assert!(warning.contains(part), "{part} missing from: {warning}");
+    }
+}
+
+/// This process's hard open-file limit (the test's children inherit it).
+fn rlimit_hard() -> u64 {
+    open_file_limits(std::process::id()).1
+}

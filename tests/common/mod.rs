@@ -435,10 +435,23 @@ impl Drop for Spawned {
 /// Starts `authgate serve` with `text` written to `dir/config.toml` and the
 /// given environment, and waits (with a deadline) for its listening line.
 pub fn spawn_binary(dir: tempfile::TempDir, text: &str, env: &[(&str, &str)]) -> Spawned {
+    spawn_binary_after(dir, text, env, None)
+}
+
+/// `spawn_binary`, with `sh -c` running `shell` first in the process that
+/// then becomes authgate (`ulimit -Sn 256`, say).
+pub fn spawn_binary_after(dir: tempfile::TempDir, text: &str, env: &[(&str, &str)], shell: Option<&str>) -> Spawned {
     use std::io::BufRead;
     let file = dir.path().join("config.toml");
     std::fs::write(&file, text).expect("write config");
-    let mut cmd = std::process::Command::new(bin());
+    let mut cmd = match shell {
+        None => std::process::Command::new(bin()),
+        Some(first) => {
+            let mut sh = std::process::Command::new("sh");
+            sh.arg("-c").arg(format!("{first} && exec \"$0\" \"$@\"")).arg(bin());
+            sh
+        }
+    };
     cmd.arg("serve").arg("--config").arg(&file).env("RUST_LOG", "info").env("NO_COLOR", "1");
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
     for (k, v) in env {
