@@ -37,10 +37,16 @@ pub struct Login {
     pub config: LoginConfig,
     pub users: Users,
     pub limits: LoginLimits,
-    /// Password checks running or waiting on the blocking pool. When none
-    /// is free a login is answered 503 at once instead of queueing without
-    /// bound (each argon2 check holds ~19 MiB and a core for tens of ms).
+    /// Password checks admitted, running or waiting for `hash_running`
+    /// (cores × 2 + 2). When none is free a login is answered 503 at once
+    /// instead of queueing without bound.
     pub hash_slots: Arc<Semaphore>,
+    /// Password checks running on the blocking pool at once: one core
+    /// fewer than the machine has (at least one). Each argon2 check holds
+    /// a core and ~19 MiB for tens of ms; with a slot per admitted check,
+    /// a login flood ran cores × 2 + 2 of them against the proxy's workers
+    /// (DoS review F4: proxied throughput fell 16-fold on 2 cores).
+    pub hash_running: Arc<Semaphore>,
     revoke_path: String,
 }
 
@@ -57,6 +63,7 @@ impl Login {
         Login {
             limits: LoginLimits::new(&config),
             hash_slots: Arc::new(Semaphore::new(cores * 2 + 2)),
+            hash_running: Arc::new(Semaphore::new(cores.saturating_sub(1).max(1))),
             revoke_path: format!("{}/revoke", config.path),
             config,
             users,
@@ -176,8 +183,11 @@ async fn password_grant(app: &App, login: &Login, client: IpAddr, form: &HashMap
         login.hash_slots.clone().try_acquire_owned().map_err(|_| GatewayError::Unavailable("every password check slot is busy".into()))?;
     // Unknown users are checked against a dummy hash: same answer, same time.
     let hash = login.users.hash_for(username);
+    // Waits here, on no thread and with no hash memory, for its turn.
+    let running =
+        login.hash_running.clone().acquire_owned().await.map_err(|_| GatewayError::Unavailable("password checks have stopped".into()))?;
     let matches = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        let _permits = (permit, running);
         hash.verify(&password)
     })
     .await

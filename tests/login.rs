@@ -340,6 +340,36 @@ async fn a_full_password_queue_answers_503_at_once() {
     gw.stop().await;
 }
 
+/// Regression (DoS review F4): every admitted password check ran at once
+/// (cores × 2 + 2 of them), each holding a core and ~19 MiB, so a login
+/// flood took every core from proxied traffic. At most one core fewer than
+/// the machine has runs checks; an admitted login waits for its turn
+/// (neither refused nor hashing) and is served when one frees.
+#[tokio::test]
+async fn password_checks_leave_a_core_to_the_proxy_and_an_admitted_login_waits_its_turn() {
+    let gw = start(&alice_and_bob(), GENEROUS, "kind = \"memory\"").await;
+    let app = gw.app();
+    let login = app.login.as_ref().expect("login");
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let running = u32::try_from(login.hash_running.available_permits()).expect("permits");
+    assert_eq!(running as usize, cores.saturating_sub(1).max(1), "checks running at once");
+    let held = login.hash_running.clone().acquire_many_owned(running).await.expect("permits");
+    let admitted = login.hash_slots.available_permits();
+    let waiting = {
+        let (url, client) = (gw.url("/token"), gw.client.clone());
+        let form = [("grant_type", "password"), ("username", "alice"), ("password", "pw-alice")];
+        tokio::spawn(async move { client.post(url).form(&form).send().await.map(|r| r.status().as_u16()) })
+    };
+    while login.hash_slots.available_permits() == admitted {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!waiting.is_finished(), "an admitted login waits for a running slot (no 503, no hashing)");
+    drop(held);
+    let status = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("served once a slot frees").expect("task");
+    assert_eq!(status.expect("send"), 200);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn cli_revoke_reaches_a_running_gateway_and_login_works_right_after() {
     let gw = start(&alice_and_bob(), GENEROUS, "kind = \"embedded\"\npath = \"data/authgate.db\"").await;
