@@ -288,6 +288,9 @@ impl TlsStream {
     /// (Through `poll_read`, which, unlike `try_read`, takes a short read
     /// as the socket drained and spares the system call that would say so.)
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // Upstream writes this worker holds back go out if they have waited
+        // too long (a worker busy with handshakes never parks).
+        crate::upstream_io::tick();
         if self.incoming.len() - self.in_len < READ_SIZE {
             if self.in_len >= MAX_INCOMING {
                 // rustls refuses an oversized record or message before this.

@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, types};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -40,6 +40,9 @@ const KEEP_CAPACITY: usize = 4 * 1024;
 /// Non-blocking sends never wait; this bounds the wait for their
 /// completions should a kernel ever make one.
 const COMPLETION_WAIT: Duration = Duration::from_secs(1);
+/// A batch waits at most about this long for its worker to run out of
+/// work (`tick`).
+const STALE: Duration = Duration::from_micros(200);
 const MSG_DONTWAIT: i32 = 0x40;
 const MSG_NOSIGNAL: i32 = 0x4000;
 const EAGAIN: i32 = 11;
@@ -66,6 +69,8 @@ struct Batch {
     uring: IoUring,
     /// Streams with bytes queued on this thread, in the order queued.
     pending: Vec<Arc<Shared>>,
+    /// When the first of them was queued.
+    since: Option<Instant>,
 }
 
 thread_local! {
@@ -89,17 +94,38 @@ pub fn refused() -> bool {
 /// up its ring.
 fn on_park() {
     RING.with(|r| {
-        let mut ring = r.borrow_mut();
+        let Ok(mut ring) = r.try_borrow_mut() else {
+            return;
+        };
         match &mut *ring {
             Ring::Ready(batch) => {
                 if !batch.pending.is_empty() && batch.flush().is_err() {
-                    // Its entries may still be in the kernel: the ring and
-                    // their buffers are leaked (in `flush`), never freed.
+                    // What the kernel may still use was leaked in `flush`;
+                    // closing the ring is safe.
                     *ring = Ring::Off;
                 }
             }
             Ring::Untried => *ring = setup(),
             Ring::Off => {}
+        }
+    });
+}
+
+/// Sends this worker's batch if it has waited longer than `STALE`: a worker
+/// that never runs out of work (a flood of handshakes, say) never parks.
+/// Called for each read of a client connection and before each write is
+/// queued, so a busy worker still sends within about `STALE`.
+pub fn tick() {
+    RING.with(|r| {
+        let Ok(mut ring) = r.try_borrow_mut() else {
+            return;
+        };
+        if let Ring::Ready(batch) = &mut *ring
+            && let Some(since) = batch.since
+            && since.elapsed() >= STALE
+            && batch.flush().is_err()
+        {
+            *ring = Ring::Off;
         }
     });
 }
@@ -111,12 +137,23 @@ fn setup() -> Ring {
         }
         Ring::Off
     };
-    match IoUring::new(ENTRIES) {
+    let mut uring = match IoUring::new(ENTRIES) {
         // The bounded wait needs IORING_FEAT_EXT_ARG (Linux 5.11).
-        Ok(uring) if uring.params().is_feature_ext_arg() => Ring::Ready(Box::new(Batch { uring, pending: Vec::new() })),
-        Ok(_) => refused("the kernel is older than 5.11".into()),
-        Err(e) => refused(e.to_string()),
+        Ok(uring) if uring.params().is_feature_ext_arg() => uring,
+        Ok(_) => return refused("the kernel is older than 5.11".into()),
+        Err(e) => return refused(e.to_string()),
+    };
+    // A sandbox may allow setting a ring up and refuse entering it.
+    let nop = opcode::Nop::new().build().user_data(u64::MAX);
+    // SAFETY: a no-op names no memory and no file.
+    if unsafe { uring.submission().push(&nop) }.is_err() {
+        return refused("cannot queue a no-op".into());
     }
+    if let Err(e) = uring.submit_and_wait(1) {
+        return refused(e.to_string());
+    }
+    uring.completion().for_each(drop);
+    Ring::Ready(Box::new(Batch { uring, pending: Vec::new(), since: None }))
 }
 
 /// A ring's entries could not be accounted for.
@@ -124,74 +161,80 @@ struct Stuck;
 
 impl Batch {
     fn flush(&mut self) -> Result<(), Stuck> {
-        let mut again = Vec::new();
+        self.since = None;
         while !self.pending.is_empty() {
             let n = self.pending.len().min(ENTRIES as usize);
             let streams: Vec<Arc<Shared>> = self.pending.drain(..n).collect();
-            // Taken out, so that another thread may queue more meanwhile
-            // (the stream stays listed: it goes in the next round).
+            // Taken out: another thread may append meanwhile; that goes
+            // straight to the socket after these (`settle`).
             let bufs: Vec<Vec<u8>> = streams.iter().map(|s| std::mem::take(&mut s.lock().queued)).collect();
             match self.send(&streams, &bufs) {
                 Ok(results) => {
-                    SENT.fetch_add(results.len() as u64, Ordering::Relaxed);
+                    let sent = results.iter().filter(|r| **r >= 0).count();
+                    SENT.fetch_add(sent as u64, Ordering::Relaxed);
                     for ((s, buf), res) in streams.into_iter().zip(bufs).zip(results) {
-                        if s.settle(buf, res) {
-                            again.push(s);
-                        }
+                        s.settle(buf, res);
                     }
                 }
-                Err(Stuck) => {
-                    // The kernel may still read these buffers and use these
-                    // sockets: they are leaked, never freed.
-                    for s in &streams {
-                        s.unlist(Some(ErrorKind::Ring));
+                Err(Failed { consumed }) => {
+                    // Entries the kernel took and did not complete may
+                    // still use their buffers and sockets: those are leaked,
+                    // never freed, and their requests fail. The ones it
+                    // never took are written the usual way.
+                    for (i, (s, buf)) in streams.iter().zip(&bufs).enumerate() {
+                        if i < consumed {
+                            s.unlist(Some(ErrorKind::Ring), &[]);
+                        } else {
+                            s.unlist(None, buf);
+                        }
                     }
                     std::mem::forget(bufs);
                     std::mem::forget(streams);
-                    // Never handed to the kernel: written the usual way.
-                    for s in self.pending.drain(..).chain(again) {
-                        s.unlist(None);
+                    for s in self.pending.drain(..) {
+                        s.unlist(None, &[]);
                     }
                     return Err(Stuck);
                 }
             }
         }
-        self.pending = again;
         Ok(())
     }
 
     /// One send per stream, all in one system call; each one's result
-    /// (bytes sent or -errno).
-    fn send(&mut self, streams: &[Arc<Shared>], bufs: &[Vec<u8>]) -> Result<Vec<i32>, Stuck> {
+    /// (bytes sent or -errno) once all have completed.
+    fn send(&mut self, streams: &[Arc<Shared>], bufs: &[Vec<u8>]) -> Result<Vec<i32>, Failed> {
+        let n = streams.len();
         {
             let mut sq = self.uring.submission();
             for (i, (s, buf)) in streams.iter().zip(bufs).enumerate() {
-                let len = u32::try_from(buf.len()).map_err(|_| Stuck)?;
+                // At most BATCH_MAX bytes (queued only below it).
+                let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
                 let entry = opcode::Send::new(types::Fd(s.tcp.as_raw_fd()), buf.as_ptr(), len)
                     .flags(MSG_DONTWAIT | MSG_NOSIGNAL)
                     .build()
                     .user_data(i as u64);
-                // SAFETY: the kernel reads `buf` and uses the socket until
-                // the entry completes. Both are borrowed from the caller,
-                // which keeps them until this returns; this returns Ok only
-                // once every entry pushed here has completed, and on Err the
-                // caller leaks them and the ring.
+                // SAFETY: the kernel reads `buf` and uses the socket from
+                // the system call that takes the entry until the entry
+                // completes. Both are borrowed from the caller, which keeps
+                // them (and so the socket open) until this returns. Ok comes
+                // only once every entry pushed here has completed; on Err,
+                // the caller leaks the buffers and streams of the entries
+                // the kernel took, and the ring is closed.
                 if unsafe { sq.push(&entry) }.is_err() {
-                    return Err(Stuck);
+                    // Cannot happen: each round starts with the queue empty
+                    // and pushes at most ENTRIES.
+                    return Err(Failed { consumed: i.saturating_sub(sq.len()) });
                 }
             }
         }
-        let mut results = vec![None; streams.len()];
+        let mut results = vec![None; n];
         let mut done = 0;
-        let timeout = types::Timespec::from(COMPLETION_WAIT);
-        let args = types::SubmitArgs::new().timespec(&timeout);
-        while done < streams.len() {
-            match self.uring.submitter().submit_with_args(streams.len() - done, &args) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // ETIME: the wait timed out with sends still in the kernel.
-                Err(_) => return Err(Stuck),
-            }
+        let deadline = Instant::now() + COMPLETION_WAIT;
+        while done < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = types::Timespec::from(left);
+            let args = types::SubmitArgs::new().timespec(&timeout);
+            let result = self.uring.submitter().submit_with_args(n - done, &args);
             for cqe in self.uring.completion() {
                 let slot = usize::try_from(cqe.user_data()).ok().and_then(|i| results.get_mut(i));
                 if let Some(slot) = slot
@@ -201,9 +244,28 @@ impl Batch {
                     done += 1;
                 }
             }
+            if done == n {
+                break;
+            }
+            match result {
+                Ok(_) | Err(_) if left.is_zero() => {}
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // An error entering the ring (ETIME is the deadline).
+                Err(_) => {}
+            }
+            // Entries still in the submission queue were never taken.
+            let unconsumed = self.uring.submission().len();
+            return Err(Failed { consumed: n - unconsumed });
         }
         Ok(results.into_iter().map(|r| r.unwrap_or(-EAGAIN)).collect())
     }
+}
+
+/// A round that could not be completed: the first `consumed` entries were
+/// taken by the kernel (and may still be in use by it).
+struct Failed {
+    consumed: usize,
 }
 
 /// A TCP connection to an upstream, for hyper.
@@ -262,44 +324,43 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// After a batch sent `buf` (`res`: bytes sent or -errno): `true` when
-    /// more was queued meanwhile and the stream stays listed.
-    fn settle(&self, mut buf: Vec<u8>, res: i32) -> bool {
+    /// After a batch sent `buf` (`res`: bytes sent or -errno). What it
+    /// did not send, and anything appended meanwhile from another thread,
+    /// is left to the task to write straight, in that order.
+    fn settle(&self, mut buf: Vec<u8>, res: i32) {
         let mut st = self.lock();
-        let sent = usize::try_from(res).unwrap_or(0);
+        let sent = usize::try_from(res).unwrap_or(0).min(buf.len());
         if res < 0 && res != -EAGAIN {
             st.error = Some(ErrorKind::Os(-res));
-        } else if sent < buf.len() {
+        } else if sent < buf.len() || !st.queued.is_empty() {
             buf.drain(..sent);
             buf.append(&mut st.queued);
             st.leftover = buf;
             st.leftover_at = 0;
-        } else if !st.queued.is_empty() {
-            return true;
         } else if buf.capacity() <= KEEP_CAPACITY {
             buf.clear();
             st.queued = buf;
         }
         st.listed = false;
         // A reader waits for the answer, which comes by itself if all was
-        // sent: it is woken only if there is more to write.
+        // sent: the task is woken only if there is more to write.
         if st.wake_unlisted || st.error.is_some() || !st.leftover.is_empty() {
             st.wake_unlisted = false;
             if let Some(w) = st.waker.take() {
                 w.wake();
             }
         }
-        false
     }
 
-    /// Off the list after a failed ring: with `error`, the stream fails;
-    /// without, what was queued is written the usual way.
-    fn unlist(&self, error: Option<ErrorKind>) {
+    /// Off the list after a failed round: with `error`, the stream fails;
+    /// without, `unsent` and what was queued are written the usual way.
+    fn unlist(&self, error: Option<ErrorKind>, unsent: &[u8]) {
         let mut st = self.lock();
         match error {
             Some(e) => st.error = Some(e),
             None => {
                 let mut queued = std::mem::take(&mut st.queued);
+                st.leftover.extend_from_slice(unsent);
                 st.leftover.append(&mut queued);
             }
         }
@@ -356,13 +417,19 @@ impl Shared {
             if st.listed {
                 if st.queued.len() + len <= BATCH_MAX {
                     bufs.iter().for_each(|b| st.queued.extend_from_slice(b));
+                    Shared::register(&mut st, cx);
                     return Poll::Ready(Ok(len));
                 }
                 ready!(Shared::wait_unlisted(&mut st, cx));
             }
             if st.may_batch && len <= BATCH_MAX && queue(self, &mut st, bufs) {
+                // hyper may have polled for the answer before it wrote:
+                // this task is the one to wake if the batch leaves bytes.
+                Shared::register(&mut st, cx);
                 return Poll::Ready(Ok(len));
             }
+            // The rest of this exchange goes straight too.
+            st.may_batch = false;
         }
         loop {
             match self.tcp.try_write_vectored(bufs) {
@@ -376,12 +443,27 @@ impl Shared {
     }
 }
 
-/// Lists `bufs` on this thread's ring, if it has one.
+/// Lists `bufs` on this thread's ring, if it has one (a worker's, set up).
 fn queue(shared: &Arc<Shared>, st: &mut State, bufs: &[IoSlice<'_>]) -> bool {
-    RING.with(|r| {
-        let Ring::Ready(batch) = &mut *r.borrow_mut() else {
+    RING.try_with(|r| {
+        let Ok(mut ring) = r.try_borrow_mut() else {
             return false;
         };
+        let Ring::Ready(batch) = &mut *ring else {
+            return false;
+        };
+        match batch.since {
+            None => batch.since = Some(Instant::now()),
+            // A worker that stays busy sends what waited too long first.
+            Some(since) if since.elapsed() >= STALE => {
+                if batch.flush().is_err() {
+                    *ring = Ring::Off;
+                    return false;
+                }
+                batch.since = Some(Instant::now());
+            }
+            Some(_) => {}
+        }
         // The list holds the stream itself: its socket stays open until
         // the batch has gone, even if hyper drops the connection first.
         batch.pending.push(Arc::clone(shared));
@@ -390,6 +472,7 @@ fn queue(shared: &Arc<Shared>, st: &mut State, bufs: &[IoSlice<'_>]) -> bool {
         bufs.iter().for_each(|b| st.queued.extend_from_slice(b));
         true
     })
+    .unwrap_or(false)
 }
 
 impl AsyncRead for UpstreamIo {
@@ -529,11 +612,13 @@ mod tests {
             }
             let client = TcpStream::from_std(std).expect("tokio");
             let mut io = UpstreamIo::new(client);
-            let before = batched_writes();
-            io.write_all(b"ping").await.expect("queued");
+            // Only a batch takes bytes while the socket is full.
+            tokio::time::timeout(Duration::from_secs(1), io.write_all(b"ping"))
+                .await
+                .expect("the write was not queued for a batch")
+                .expect("queued");
             // The park sends it; the socket is full, so it comes back.
             tokio::time::sleep(Duration::from_millis(20)).await;
-            assert!(batched_writes() > before, "the write did not go through the ring");
             let reader = tokio::spawn(async move {
                 let mut all = Vec::new();
                 server.read_to_end(&mut all).await.expect("read");
@@ -583,6 +668,79 @@ mod tests {
                 .expect("read");
             assert_eq!(&answer, b"pong");
             upstream.await.expect("upstream");
+        });
+    }
+
+    /// hyper polls for the answer before it writes the request: the task
+    /// that queued the write must be the one woken to push on the rest.
+    #[test]
+    fn a_task_that_read_before_it_wrote_pushes_on_what_a_batch_left() {
+        on_worker(async {
+            if refused() {
+                eprintln!("SKIPPED: io_uring is not available here");
+                return;
+            }
+            let (client, mut server) = pair().await;
+            let std = client.into_std().expect("std");
+            let mut filled = 0usize;
+            let chunk = vec![b'x'; 64 * 1024];
+            while let Ok(n) = (&std).write(&chunk) {
+                filled += n;
+            }
+            let mut io = UpstreamIo::new(TcpStream::from_std(std).expect("tokio"));
+            let upstream = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let mut all = vec![0u8; filled + 4];
+                server.read_exact(&mut all).await.expect("read");
+                server.write_all(b"pong").await.expect("answer");
+            });
+            let mut answer = [0u8; 4];
+            let mut wrote = false;
+            let read = std::future::poll_fn(|cx| {
+                let mut rb = ReadBuf::new(&mut answer);
+                if let Poll::Ready(r) = Pin::new(&mut io).poll_read(cx, &mut rb) {
+                    return Poll::Ready(r.map(|()| rb.filled().len()));
+                }
+                if !wrote {
+                    match Pin::new(&mut io).poll_write(cx, b"ping") {
+                        Poll::Ready(Ok(4)) => wrote = true,
+                        other => panic!("the write was not queued: {other:?}"),
+                    }
+                }
+                Poll::Pending
+            });
+            let n = tokio::time::timeout(Duration::from_secs(5), read).await.expect("the rest was never written").expect("read");
+            assert!(n > 0 && answer[..n] == b"pong"[..n]);
+            upstream.await.expect("upstream");
+        });
+    }
+
+    /// A worker that never runs out of work never parks: a queued write
+    /// still goes within about `STALE`, on the worker's next `tick`.
+    #[test]
+    fn a_worker_that_never_parks_still_sends() {
+        on_worker(async {
+            if refused() {
+                eprintln!("SKIPPED: io_uring is not available here");
+                return;
+            }
+            let (client, server) = pair().await;
+            let server = server.into_std().expect("std");
+            server.set_nonblocking(false).expect("blocking");
+            server.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let reader = std::thread::spawn(move || {
+                let mut got = [0u8; 4];
+                std::io::Read::read_exact(&mut &server, &mut got).map(|()| got)
+            });
+            let mut io = UpstreamIo::new(client);
+            io.write_all(b"ping").await.expect("queued");
+            // Busy until the peer has it: yield_now keeps the worker from
+            // parking; each round is a client read's tick.
+            while !reader.is_finished() {
+                tick();
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(&reader.join().expect("reader").expect("the write never went"), b"ping");
         });
     }
 }
