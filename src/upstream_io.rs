@@ -42,7 +42,7 @@ const KEEP_CAPACITY: usize = 4 * 1024;
 const COMPLETION_WAIT: Duration = Duration::from_secs(1);
 /// A batch waits at most about this long for its worker to run out of
 /// work (`tick`).
-const STALE: Duration = Duration::from_micros(200);
+const STALE: Duration = Duration::from_millis(2);
 const MSG_DONTWAIT: i32 = 0x40;
 const MSG_NOSIGNAL: i32 = 0x4000;
 const EAGAIN: i32 = 11;
