@@ -15,7 +15,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -57,18 +57,7 @@ pub struct Activity {
     /// HTTP/2: bytes read with no stream in flight since the last write
     /// (see `on_io_write`).
     read_between: AtomicUsize,
-    /// `RUNNING`, `PARKED` or `CLOSING`: what `reclaim` may do with it.
-    state: AtomicU8,
-    /// Wakes the connection when `reclaim` has asked it to close.
-    reclaim: tokio::sync::Notify,
 }
-
-/// An HTTP session is running, or none has started yet.
-const RUNNING: u8 = 0;
-/// HTTP/1 parked: between requests, holding only the TLS stream.
-const PARKED: u8 = 1;
-/// Closing; nothing may take it back.
-const CLOSING: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
@@ -108,8 +97,6 @@ impl Activity {
             unparked_at: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             read_between: AtomicUsize::new(0),
-            state: AtomicU8::new(RUNNING),
-            reclaim: tokio::sync::Notify::new(),
         })
     }
 
@@ -238,57 +225,6 @@ impl Activity {
     /// Asks the IO to park at hyper's next read that finds nothing to read.
     pub fn park_soon(&self) {
         self.park.store(true, Relaxed);
-    }
-
-    /// The connection parks: `reclaim` may close it from now on.
-    pub fn parked(&self) {
-        self.state.store(PARKED, Relaxed);
-    }
-
-    /// The parked connection's socket turned readable: true when it goes
-    /// on serving, false when `reclaim` has already claimed it.
-    pub fn unpark(&self) -> bool {
-        self.state.compare_exchange(PARKED, RUNNING, Relaxed, Relaxed).is_ok()
-    }
-
-    /// The connection is closing, for whatever reason: not a candidate for
-    /// `reclaim` any more.
-    pub fn closed(&self) {
-        self.state.store(CLOSING, Relaxed);
-    }
-
-    /// When the connection last turned idle, if it is one `reclaim` may
-    /// close: an HTTP/1 connection that parked (between requests, with no
-    /// byte of the next one), or an HTTP/2 one with no stream in flight.
-    pub fn idle_since(&self) -> Option<Instant> {
-        let idle = match self.state.load(Relaxed) {
-            PARKED => true,
-            RUNNING => self.http2.load(Relaxed) && self.settled(),
-            _ => false,
-        };
-        idle.then(|| self.start + Duration::from_millis(self.last.load(Relaxed)))
-    }
-
-    /// Asks an idle connection (`idle_since`) to close, to make room for a
-    /// new one: a parked HTTP/1 connection closes at once, an HTTP/2 one
-    /// with a graceful GOAWAY, which lets a stream that raced in finish.
-    /// False when it is no longer idle (or already closing).
-    pub fn reclaim(&self) -> bool {
-        let from = match self.state.load(Relaxed) {
-            PARKED => PARKED,
-            RUNNING if self.http2.load(Relaxed) && self.settled() => RUNNING,
-            _ => return false,
-        };
-        if self.state.compare_exchange(from, CLOSING, Relaxed, Relaxed).is_err() {
-            return false;
-        }
-        self.reclaim.notify_one();
-        true
-    }
-
-    /// Resolves once `reclaim` has asked this connection to close.
-    pub async fn reclaimed(&self) {
-        self.reclaim.notified().await;
     }
 
     /// Ok(how long until the next check) or which deadline passed. With

@@ -36,7 +36,6 @@ pub mod metrics;
 pub mod open_files;
 pub mod proxy;
 pub mod rate_limit;
-pub mod reclaim;
 pub mod reload;
 pub mod revocation;
 pub mod route_limit;

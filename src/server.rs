@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, TryAcquireError, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -27,7 +27,6 @@ use crate::app::{App, ConnInfo};
 use crate::body::Body;
 use crate::config::{Config, ServerConfig};
 use crate::conn::{Activity, ConnHold, Expired, ResponseGuard, WatchedIo};
-use crate::reclaim::Idle;
 use crate::reload::Reloader;
 
 /// The App every new request uses; a reload swaps it.
@@ -175,38 +174,24 @@ pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdo
     // A changed max_connections applies after a restart (reload warns).
     let max_connections = app.load().config.server.max_connections;
     let slots = Arc::new(Semaphore::new(max_connections));
-    let idle = Arc::new(Idle::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
-        let Some((tcp, peer)) = accept(&listener, &mut shutdown).await else { break };
-        // Past max_connections, this client waits while idle connections
-        // are closed for it (`reclaim`); further ones wait in the backlog.
-        let permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(TryAcquireError::Closed) => break,
-            Err(TryAcquireError::NoPermits) => match idle.make_room(&slots, &mut shutdown).await {
-                Some(p) => p,
-                None => break,
-            },
+        // Past max_connections, further clients wait in the kernel's backlog.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
         };
+        let Some((tcp, peer)) = accept(&listener, &mut shutdown).await else { break };
         let _ = tcp.set_nodelay(true);
         limit_unsent(&tcp);
         let open = app.load().metrics.connection();
         let tls_config = tls.load_full();
-        let (header_timeout, idle_timeout) = {
-            let s = &app.load().config.server;
-            (s.header_read_timeout, s.idle_timeout)
-        };
-        let activity = Activity::new(header_timeout);
         // Shared with an upgraded connection, which may outlive this task.
-        // Its registration goes first, before the permit frees the slot.
-        let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((idle.register(activity.clone()), permit, open));
+        let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((permit, open));
         // The slot travels into the connection's service, which holds it until
         // the connection is done (or hands it on to an upgraded connection).
-        let conn = ConnInfo { peer };
-        let hold = ConnHold { slot, activity, idle_timeout };
-        let task = serve_connection(tcp, conn, app.clone(), tls_config, stop_rx.clone(), hold, idle.clone());
+        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), tls_config, stop_rx.clone(), slot);
         tokio::spawn(task.instrument(tracing::info_span!("conn", %peer)));
     }
     drop(listener);
@@ -269,11 +254,14 @@ fn serve_connection(
     app: SharedApp,
     tls_config: Arc<rustls::ServerConfig>,
     mut stop: watch::Receiver<bool>,
-    hold: ConnHold,
-    idle: Arc<Idle>,
+    slot: Arc<dyn std::any::Any + Send + Sync>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let header_timeout = app.load().config.server.header_read_timeout;
+    let (header_timeout, idle_timeout) = {
+        let s = &app.load().config.server;
+        (s.header_read_timeout, s.idle_timeout)
+    };
     let handshake = Box::pin(tokio::time::timeout(header_timeout, crate::tls_stream::accept(tcp, tls_config)));
+    let hold = ConnHold { slot, activity: Activity::new(header_timeout), idle_timeout };
     async move {
         let mut tls = match handshake.await {
             Ok(Ok(tls)) => Box::new(tls),
@@ -287,7 +275,7 @@ fn serve_connection(
                 Some(tls) => tls,
                 None => return,
             };
-            if !tls.has_buffered() && !park(&mut tls, &hold, &app, &idle, &mut stop).await {
+            if !tls.has_buffered() && !park(&mut tls, &hold, &app, &mut stop).await {
                 return;
             }
             hold.activity.unparked();
@@ -358,36 +346,21 @@ async fn session(
 
 /// Waits for the client's next bytes holding only the TLS stream, whose
 /// buffers are freed first. False when the connection is to close instead
-/// (idle past `idle_timeout`, closed for a client waiting at
-/// `max_connections`, or shutting down), after its close_notify.
-async fn park(
-    tls: &mut crate::tls_stream::TlsStream,
-    hold: &ConnHold,
-    app: &SharedApp,
-    idle: &Idle,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
+/// (idle past `idle_timeout`, or shutting down), after its close_notify.
+async fn park(tls: &mut crate::tls_stream::TlsStream, hold: &ConnHold, app: &SharedApp, stop: &mut watch::Receiver<bool>) -> bool {
     tls.release_buffers();
     let _parked = app.load().metrics.parked();
-    let activity = &hold.activity;
-    activity.parked();
-    idle.on_park();
     // The socket's own readiness rather than `readable()`, whose future
     // carries a waiter of its own: this wait is what a parked connection
     // holds for as long as it is parked.
     let readable = {
-        let mut idle = std::pin::pin!(tokio::time::sleep(hold.idle_timeout.saturating_sub(activity.quiet())));
+        let mut idle = std::pin::pin!(tokio::time::sleep(hold.idle_timeout.saturating_sub(hold.activity.quiet())));
         let mut stopping = std::pin::pin!(stop.wait_for(|s| *s));
-        // Closed for a client waiting at max_connections (`reclaim`).
-        let mut reclaimed = std::pin::pin!(activity.reclaimed());
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = tls.tcp().poll_read_ready(cx) {
-                // Unless `reclaim` took it first: then it closes as if it
-                // had been closed a moment earlier, the race every
-                // keep-alive close has.
-                return Poll::Ready(r.is_ok() && activity.unpark());
+                return Poll::Ready(r.is_ok());
             }
-            if idle.as_mut().poll(cx).is_ready() || stopping.as_mut().poll(cx).is_ready() || reclaimed.as_mut().poll(cx).is_ready() {
+            if idle.as_mut().poll(cx).is_ready() || stopping.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(false);
             }
             Poll::Pending
@@ -395,7 +368,6 @@ async fn park(
         .await
     };
     if !readable {
-        activity.closed();
         let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
     }
     readable
@@ -432,8 +404,6 @@ where
             tokio::select! {
                 expired = activity.clone().watchdog(deadlines.header, deadlines.idle, park) => Some(expired),
                 _ = stop.wait_for(|s| *s) => None,
-                // HTTP/2 with no stream in flight, closed for a waiting client (`reclaim`).
-                () = activity.reclaimed() => None,
             }
         };
         // Unpin: it keeps the future it guards on the heap.
@@ -460,8 +430,6 @@ where
             Err(None) => break true,
         }
     };
-    // No longer a connection `reclaim` may take for a waiting client.
-    activity.closed();
     if finish_gracefully {
         // Lets an in-flight response finish; an idle connection closes at once.
         // A response that stops moving (its client stopped reading) is dropped

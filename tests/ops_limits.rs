@@ -1,6 +1,6 @@
 //! Limits: the per-route rate limit (per subject, per client IP without a
-//! token; 429 with Retry-After), `max_connections` (idle connections are
-//! closed for a waiting client, busy ones never), HTTP/2 `MAX_CONCURRENT_STREAMS` and the
+//! token; 429 with Retry-After), `max_connections` (extra clients wait and
+//! are served when a slot frees), HTTP/2 `MAX_CONCURRENT_STREAMS` and the
 //! rapid-reset flood (CVE-2023-44487) answered with GOAWAY while other
 //! clients are served. (431 for heads and 413 for `/token` bodies are in
 //! tests/proxy.rs and tests/login.rs.)
@@ -70,112 +70,26 @@ async fn held_connection(gw: &Gateway) -> tokio_rustls::client::TlsStream<tokio:
     s
 }
 
-/// A gateway in front of `up` (or the echo upstream) with `max_connections = n`.
-async fn limited(n: usize, up: Option<&Upstream>) -> Gateway {
+#[tokio::test]
+async fn past_max_connections_clients_wait_and_are_served_when_a_slot_frees() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let upstream = up.map_or("echo".to_string(), Upstream::url);
-    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"{upstream}\"\nauth = \"public\"\n");
-    let text = with_server(&config_text(dir.path(), "", &routes), &format!("max_connections = {n}"));
-    Gateway::start_in(dir, &text).await
-}
-
-/// Waits until `n` connections are parked; false if not within 10 s.
-async fn wait_parked(gw: &Gateway, n: i64) -> bool {
-    let end = Instant::now() + Duration::from_secs(10);
-    while gw.app().metrics.parked_connections.get() != n {
-        if Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
-}
-
-/// Whether the server closes `s` within `within` (end of file or an error).
-async fn closed_within(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>, within: Duration) -> bool {
-    let mut buf = [0u8; 1024];
-    matches!(tokio::time::timeout(within, s.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
-}
-
-/// Regression (DoS review F2): idle keep-alive connections held every
-/// `max_connections` slot and were never reclaimed, so one client holding
-/// that many (one request each) locked every new client out. Now the one
-/// idle longest is closed for a client that waits.
-#[tokio::test]
-async fn at_max_connections_parked_connections_are_closed_for_a_new_client_oldest_first() {
-    let gw = limited(3, None).await;
-    let mut first = held_connection(&gw).await;
+    let text = with_server(
+        &config_text(dir.path(), "", "[[routes]]\npath = \"/\"\nupstream = \"echo\"\nauth = \"public\"\n"),
+        "max_connections = 2",
+    );
+    let gw = Gateway::start_in(dir, &text).await;
+    let first = held_connection(&gw).await;
     let _second = held_connection(&gw).await;
-    let mut third = held_connection(&gw).await;
-    assert!(wait_parked(&gw, 3).await, "the three idle connections park");
 
     let client = client_for(&gw.cert_path(), false);
-    let served = tokio::time::timeout(Duration::from_secs(5), client.get(gw.url("/new")).send()).await;
-    let status = served.expect("a new client is served at once, not locked out by idle connections").expect("send").status();
-    assert_eq!(status, 200);
-    assert!(closed_within(&mut first, Duration::from_secs(5)).await, "the connection idle longest was closed for it");
-    third.write_all(b"GET /again HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
-    let mut buf = [0u8; 4096];
-    let n = third.read(&mut buf).await.expect("read");
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "a younger idle connection still serves: {}", String::from_utf8_lossy(&buf[..n]));
-}
-
-/// The same for HTTP/2: an idle one (no stream in flight) gets a graceful
-/// GOAWAY and closes.
-#[tokio::test]
-async fn at_max_connections_idle_http2_connections_are_closed_for_a_new_client() {
-    let gw = limited(2, None).await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let c = client_for(&gw.cert_path(), true);
-        assert_eq!(c.get(gw.url("/held")).send().await.expect("send").status(), 200);
-        held.push(c);
-    }
-    let client = client_for(&gw.cert_path(), false);
-    let served = tokio::time::timeout(Duration::from_secs(5), client.get(gw.url("/new")).send()).await;
-    let status = served.expect("a new client is served at once, not locked out by idle HTTP/2 connections").expect("send").status();
-    assert_eq!(status, 200);
-}
-
-/// Past `max_connections` with every connection busy, a new client waits
-/// (nothing fails), a request in flight is never cut to make room, HTTP/1
-/// or HTTP/2, and the client is served once a connection turns idle.
-#[tokio::test]
-async fn at_max_connections_a_connection_with_a_request_in_flight_is_never_closed_for_a_new_client() {
-    let up = Upstream::start().await;
-    let gw = limited(2, Some(&up)).await;
-    let mut h1 = raw_tls(&gw, &[b"http/1.1"]).await;
-    h1.write_all(b"GET /slow/1500 HTTP/1.1\r\nHost: localhost\r\n\r\n").await.expect("write");
-    let h2 = client_for(&gw.cert_path(), true);
-    let h2_url = gw.url("/slow/1500");
-    let h2_request = tokio::spawn(async move {
-        let r = h2.get(&h2_url).send().await.expect("HTTP/2 request in flight must not fail");
-        (r.status().as_u16(), r.text().await.expect("its whole body"), Instant::now(), h2)
-    });
-    while up.hits() < 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
-    let client = client_for(&gw.cert_path(), false);
-    let url = gw.url("/new");
-    let waiting = tokio::spawn(async move { client.get(&url).send().await.map(|r| (r.status().as_u16(), Instant::now())) });
-
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&raw).ends_with("upstream ok, body_len=0") {
-        let n = h1.read(&mut buf).await.expect("the HTTP/1 request in flight must not be cut");
-        assert_ne!(n, 0, "the HTTP/1 request in flight was cut: {}", String::from_utf8_lossy(&raw));
-        raw.extend_from_slice(&buf[..n]);
-    }
-    let h1_done = Instant::now();
-    assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
-    let (status, body, h2_done, _h2) = h2_request.await.expect("task");
-    assert_eq!((status, body.as_str()), (200, "upstream ok, body_len=0"), "the HTTP/2 request in flight must not be cut");
-
-    let waited = tokio::time::timeout(Duration::from_secs(10), waiting).await;
-    let (status, at) = waited.expect("served once a connection turned idle").expect("task").expect("the waiting client must not fail");
-    assert_eq!(status, 200);
-    assert!(at > h1_done.min(h2_done), "the waiting client was served before a connection turned idle");
+    let url = gw.url("/third");
+    let third = tokio::spawn(async move { client.get(&url).send().await.map(|r| r.status().as_u16()) });
+    // It waits (in the kernel's backlog) rather than failing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_finished(), "a third connection was served past max_connections = 2");
+    drop(first);
+    let status = tokio::time::timeout(Duration::from_secs(10), third).await.expect("served once a slot freed").expect("task");
+    assert_eq!(status.expect("the waiting client must not fail"), 200);
 }
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
