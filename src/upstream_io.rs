@@ -149,11 +149,25 @@ fn setup() -> Ring {
     if unsafe { uring.submission().push(&nop) }.is_err() {
         return refused("cannot queue a no-op".into());
     }
-    if let Err(e) = uring.submit_and_wait(1) {
-        return refused(e.to_string());
+    loop {
+        match uring.submit_and_wait(1) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return refused(e.to_string()),
+        }
     }
     uring.completion().for_each(drop);
     Ring::Ready(Box::new(Batch { uring, pending: Vec::new(), since: None }))
+}
+
+/// A worker's thread ending with writes still listed (the runtime shutting
+/// down): they are handed back to be written the usual way, not stranded.
+impl Drop for Batch {
+    fn drop(&mut self) {
+        for s in self.pending.drain(..) {
+            s.unlist(None, &[]);
+        }
+    }
 }
 
 /// A ring's entries could not be accounted for.
@@ -411,6 +425,8 @@ impl Shared {
 
     fn poll_write_bufs(self: &Arc<Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let len: usize = bufs.iter().map(|b| b.len()).sum();
+        // A busy worker sends what waited too long first (no lock held).
+        tick();
         {
             let mut st = self.lock();
             ready!(self.poll_leftover(&mut st, cx))?;
@@ -422,7 +438,7 @@ impl Shared {
                 }
                 ready!(Shared::wait_unlisted(&mut st, cx));
             }
-            if st.may_batch && len <= BATCH_MAX && queue(self, &mut st, bufs) {
+            if st.may_batch && len > 0 && len <= BATCH_MAX && queue(self, &mut st, bufs) {
                 // hyper may have polled for the answer before it wrote:
                 // this task is the one to wake if the batch leaves bytes.
                 Shared::register(&mut st, cx);
@@ -452,17 +468,8 @@ fn queue(shared: &Arc<Shared>, st: &mut State, bufs: &[IoSlice<'_>]) -> bool {
         let Ring::Ready(batch) = &mut *ring else {
             return false;
         };
-        match batch.since {
-            None => batch.since = Some(Instant::now()),
-            // A worker that stays busy sends what waited too long first.
-            Some(since) if since.elapsed() >= STALE => {
-                if batch.flush().is_err() {
-                    *ring = Ring::Off;
-                    return false;
-                }
-                batch.since = Some(Instant::now());
-            }
-            Some(_) => {}
+        if batch.since.is_none() {
+            batch.since = Some(Instant::now());
         }
         // The list holds the stream itself: its socket stays open until
         // the batch has gone, even if hyper drops the connection first.
