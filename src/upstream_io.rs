@@ -556,12 +556,16 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Runs `f` on a worker of authgate's runtime, after the worker has
-    /// parked once (and so has its ring).
+    /// parked once (and so has its ring); skipped where io_uring is refused.
     fn on_worker<F: Future<Output = ()> + Send + 'static>(f: F) {
         let rt = runtime(true).expect("runtime");
         rt.block_on(async {
             rt.spawn(async {
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                if refused() {
+                    eprintln!("SKIPPED: io_uring is not available here");
+                    return;
+                }
                 f.await;
             })
             .await
@@ -576,13 +580,26 @@ mod tests {
         (client, server)
     }
 
+    /// A connection whose socket is full (nobody reads), wrapped, with the
+    /// peer and the number of bytes already in the socket.
+    async fn full_pair() -> (UpstreamIo, TcpStream, usize) {
+        let (client, server) = pair().await;
+        let std = client.into_std().expect("std");
+        let mut filled = 0usize;
+        let chunk = vec![b'x'; 64 * 1024];
+        loop {
+            match (&std).write(&chunk) {
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("fill: {e}"),
+            }
+        }
+        (UpstreamIo::new(TcpStream::from_std(std).expect("tokio")), server, filled)
+    }
+
     #[test]
     fn a_batched_write_reaches_the_peer_in_one_send() {
         on_worker(async {
-            if refused() {
-                eprintln!("SKIPPED: io_uring is not available here");
-                return;
-            }
             let (client, mut server) = pair().await;
             let mut io = UpstreamIo::new(client);
             let before = batched_writes();
@@ -601,24 +618,7 @@ mod tests {
     #[test]
     fn a_full_socket_neither_blocks_the_worker_nor_loses_bytes() {
         on_worker(async {
-            if refused() {
-                eprintln!("SKIPPED: io_uring is not available here");
-                return;
-            }
-            let (client, mut server) = pair().await;
-            // Fill the socket while nobody reads.
-            let std = client.into_std().expect("std");
-            let mut filled = 0usize;
-            let chunk = vec![b'x'; 64 * 1024];
-            loop {
-                match (&std).write(&chunk) {
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("fill: {e}"),
-                }
-            }
-            let client = TcpStream::from_std(std).expect("tokio");
-            let mut io = UpstreamIo::new(client);
+            let (mut io, mut server, filled) = full_pair().await;
             // Only a batch takes bytes while the socket is full.
             tokio::time::timeout(Duration::from_secs(1), io.write_all(b"ping"))
                 .await
@@ -647,18 +647,7 @@ mod tests {
     #[test]
     fn a_reader_pushes_on_what_a_batch_left() {
         on_worker(async {
-            if refused() {
-                eprintln!("SKIPPED: io_uring is not available here");
-                return;
-            }
-            let (client, mut server) = pair().await;
-            let std = client.into_std().expect("std");
-            let mut filled = 0usize;
-            let chunk = vec![b'x'; 64 * 1024];
-            while let Ok(n) = (&std).write(&chunk) {
-                filled += n;
-            }
-            let mut io = UpstreamIo::new(TcpStream::from_std(std).expect("tokio"));
+            let (mut io, mut server, filled) = full_pair().await;
             io.write_all(b"ping").await.expect("queued");
             let upstream = tokio::spawn(async move {
                 // Reads only once the client waits for its answer.
@@ -683,18 +672,7 @@ mod tests {
     #[test]
     fn a_task_that_read_before_it_wrote_pushes_on_what_a_batch_left() {
         on_worker(async {
-            if refused() {
-                eprintln!("SKIPPED: io_uring is not available here");
-                return;
-            }
-            let (client, mut server) = pair().await;
-            let std = client.into_std().expect("std");
-            let mut filled = 0usize;
-            let chunk = vec![b'x'; 64 * 1024];
-            while let Ok(n) = (&std).write(&chunk) {
-                filled += n;
-            }
-            let mut io = UpstreamIo::new(TcpStream::from_std(std).expect("tokio"));
+            let (mut io, mut server, filled) = full_pair().await;
             let upstream = tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let mut all = vec![0u8; filled + 4];
@@ -727,10 +705,6 @@ mod tests {
     #[test]
     fn a_worker_that_never_parks_still_sends() {
         on_worker(async {
-            if refused() {
-                eprintln!("SKIPPED: io_uring is not available here");
-                return;
-            }
             let (client, server) = pair().await;
             let server = server.into_std().expect("std");
             server.set_nonblocking(false).expect("blocking");
