@@ -471,16 +471,10 @@ async fn a_request_with_two_of_our_cookies_is_refused() {
 
     // /token: a refresh by cookie with two refresh cookies, a revoke by
     // cookie with two access cookies: 400, and nothing is spent or revoked.
-    let grant = [("grant_type", "refresh_token")];
-    let r = gw
-        .client
-        .post(gw.url("/token"))
-        .header("cookie", format!("authgate_refresh=tossed; authgate_refresh={refresh}"))
-        .header("origin", &own)
-        .form(&grant)
-        .send()
-        .await
-        .expect("send");
+    let refresh_by_cookie = |cookie: String| {
+        gw.client.post(gw.url("/token")).header("cookie", cookie).header("origin", &own).form(&[("grant_type", "refresh_token")]).send()
+    };
+    let r = refresh_by_cookie(format!("authgate_refresh=tossed; authgate_refresh={refresh}")).await.expect("send");
     assert_eq!(r.status(), 400);
     assert_eq!(json(r).await["error"], "invalid_request");
     let r = gw.client.post(gw.url("/token/revoke")).header("cookie", &two).header("origin", &own).form(&[("x", "")]).send().await;
@@ -492,15 +486,7 @@ async fn a_request_with_two_of_our_cookies_is_refused() {
     // A password grant reads no cookie: two of them are no reason to refuse it.
     let r = gw.client.post(gw.url("/token")).header("cookie", &two).form(&[("username", "alice"), ("password", "pw")]).send().await;
     assert_eq!(r.expect("send").status(), 200);
-    let r = gw
-        .client
-        .post(gw.url("/token"))
-        .header("cookie", format!("authgate_refresh={refresh}"))
-        .header("origin", &own)
-        .form(&grant)
-        .send()
-        .await
-        .expect("send");
+    let r = refresh_by_cookie(format!("authgate_refresh={refresh}")).await.expect("send");
     assert_eq!(r.status(), 200, "the refused refresh did not spend the token");
 }
 
