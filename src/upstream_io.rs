@@ -19,6 +19,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -499,8 +500,19 @@ impl AsyncRead for UpstreamIo {
             }
         }
         loop {
-            match s.tcp.try_read(buf.initialize_unfilled()) {
+            // hyper hands over a fresh, uninitialised 8 KB (or larger)
+            // buffer on every read; `initialize_unfilled` would zero all of
+            // it for an answer of a few hundred bytes.
+            let read = {
+                // SAFETY: the slice is only written by recv(2), through
+                // `try_read_buf`, which never de-initialises a byte.
+                let mut dst: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
+                s.tcp.try_read_buf(&mut dst)
+            };
+            match read {
                 Ok(n) => {
+                    // SAFETY: recv(2) wrote the first `n` bytes.
+                    unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     if n > 0 {
                         s.lock().may_batch = true;
