@@ -28,7 +28,8 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, opcode, types};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Entries per ring; a round with more writes is sent in several calls.
@@ -504,10 +505,25 @@ impl AsyncRead for UpstreamIo {
             // buffer on every read; `initialize_unfilled` would zero all of
             // it for an answer of a few hundred bytes.
             let read = {
-                // SAFETY: the slice is only written by recv(2), through
-                // `try_read_buf`, which never de-initialises a byte.
-                let mut dst: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
-                s.tcp.try_read_buf(&mut dst)
+                // SAFETY: the slice is only written by recv(2), which never
+                // de-initialises a byte.
+                let dst: &mut [MaybeUninit<u8>] = unsafe { buf.unfilled_mut() };
+                let room = dst.len();
+                let mut got = 0;
+                let r = s.tcp.try_io(Interest::READABLE, || {
+                    got = SockRef::from(&s.tcp).recv(dst)?;
+                    // A short read emptied the socket. As tokio's own
+                    // `poll_read` does, the readiness is cleared now (a
+                    // WouldBlock from this closure does it; an event that
+                    // arrived meanwhile keeps it), so hyper's next read,
+                    // made after every answer, waits for epoll instead of
+                    // costing a recv(2) that returns EAGAIN.
+                    if got > 0 && got < room { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(got) }
+                });
+                match r {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+                    r => r,
+                }
             };
             match read {
                 Ok(n) => {
