@@ -386,8 +386,9 @@ pub async fn forward(
                 .await
                 .map_err(|_| GatewayError::Unavailable("too many requests in flight to upstreams (server.max_upstream_requests)".into()))?,
         };
-        *sent = Some(std::time::Instant::now());
-        let resp = head_within(s, pool.send(req), moved.as_ref()).await?.map(|b| b.holding(slot));
+        let now = std::time::Instant::now();
+        *sent = Some(now);
+        let resp = head_within(s, now, pool.send(req), moved.as_ref()).await?.map(|b| b.holding(slot));
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(GatewayError::BadGateway("upstream switched protocols unasked".into()));
         }
@@ -395,8 +396,9 @@ pub async fn forward(
         response_headers(parts.status, &mut parts.headers);
         return Ok(Response::from_parts(parts, body.boxed()));
     };
-    *sent = Some(std::time::Instant::now());
-    let mut resp = head_within(s, upstream::send_upgrade(pool.authority(), req), moved.as_ref()).await?;
+    let now = std::time::Instant::now();
+    *sent = Some(now);
+    let mut resp = head_within(s, now, upstream::send_upgrade(pool.authority(), req), moved.as_ref()).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !is_websocket(resp.headers()) {
         return Err(GatewayError::BadGateway("upstream switched to a protocol other than the WebSocket asked for".into()));
     }
@@ -436,11 +438,12 @@ pub async fn forward(
 /// it that went upstream (see `Moved`).
 async fn head_within<T>(
     s: &crate::config::ServerConfig,
+    now: std::time::Instant,
     sent: impl Future<Output = Result<T, SendError>>,
     moved: Option<&Moved>,
 ) -> Result<T, GatewayError> {
     let mut sent = std::pin::pin!(sent);
-    let mut deadline = tokio::time::Instant::now() + s.upstream_timeout;
+    let mut deadline = tokio::time::Instant::from_std(now) + s.upstream_timeout;
     loop {
         match tokio::time::timeout_at(deadline, sent.as_mut()).await {
             Ok(Err(e)) => return Err(request_error(&e)),
