@@ -149,130 +149,143 @@ impl App {
 
     /// The outer handler: runs the pipeline, turns an error into its
     /// answer, adds CORS headers, counts and logs the request once.
-    pub async fn handle(self: Arc<Self>, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
-        let started = Instant::now();
-        let method = req.method().clone();
-        let origin = self.cors.as_ref().and_then(|_| req.headers().get(header::ORIGIN).cloned());
-        let mut t = Trace {
-            client: self.client_ip(conn.peer, req.headers()),
-            peer: conn.peer.ip().to_canonical(),
-            path: String::new(),
-            route: None,
-            identity: None,
-            upstream: None,
-            login: false,
-        };
-        let result = self.pipeline(&mut t, req).await;
-        self.count(&t, result.as_ref().err());
-        let mut resp = match result {
-            Ok(resp) => resp,
-            Err(err) => {
-                match &err {
-                    GatewayError::BadGateway(detail) => tracing::warn!(client = %t.client, %method, %detail, "upstream failed"),
-                    GatewayError::GatewayTimeout => tracing::warn!(client = %t.client, %method, "upstream timed out"),
-                    GatewayError::Unavailable(detail) => tracing::warn!(client = %t.client, %detail, "unavailable"),
-                    GatewayError::Store(error) => tracing::warn!(client = %t.client, %error, "store failed"),
-                    e => tracing::debug!(client = %t.client, %method, error = %e, "refused"),
+    // Not an `async fn`, which would hold the request twice (see
+    // `proxy::forward`).
+    #[allow(clippy::manual_async_fn, reason = "see above")]
+    pub fn handle(self: Arc<Self>, conn: ConnInfo, req: Request<Incoming>) -> impl Future<Output = Response<Body>> {
+        async move {
+            let started = Instant::now();
+            let method = req.method().clone();
+            let origin = self.cors.as_ref().and_then(|_| req.headers().get(header::ORIGIN).cloned());
+            let mut t = Trace {
+                client: self.client_ip(conn.peer, req.headers()),
+                peer: conn.peer.ip().to_canonical(),
+                path: String::new(),
+                route: None,
+                identity: None,
+                upstream: None,
+                login: false,
+            };
+            let result = self.pipeline(&mut t, req).await;
+            self.count(&t, result.as_ref().err());
+            let mut resp = match result {
+                Ok(resp) => resp,
+                Err(err) => {
+                    match &err {
+                        GatewayError::BadGateway(detail) => tracing::warn!(client = %t.client, %method, %detail, "upstream failed"),
+                        GatewayError::GatewayTimeout => tracing::warn!(client = %t.client, %method, "upstream timed out"),
+                        GatewayError::Unavailable(detail) => tracing::warn!(client = %t.client, %detail, "unavailable"),
+                        GatewayError::Store(error) => tracing::warn!(client = %t.client, %error, "store failed"),
+                        e => tracing::debug!(client = %t.client, %method, error = %e, "refused"),
+                    }
+                    err.into_response()
                 }
-                err.into_response()
+            };
+            if let Some(cors) = &self.cors {
+                cors.decorate(origin.as_ref(), resp.headers_mut());
             }
-        };
-        if let Some(cors) = &self.cors {
-            cors.decorate(origin.as_ref(), resp.headers_mut());
+            let route = t.route.as_ref().unwrap_or(&self.metrics.none);
+            self.metrics.request(route, resp.status().as_u16());
+            tracing::info!(
+                target: ACCESS_LOG,
+                client = %Ip(t.client),
+                method = %method,
+                path = %LogPath(&t.path),
+                route = %route,
+                status = resp.status().as_u16(),
+                sub = t.identity.as_deref().map(Identity::sub),
+                latency_ms = millis(started.elapsed()),
+                upstream_ms = t.upstream.map(millis),
+                bytes = resp.body().size_hint().exact(),
+                "request"
+            );
+            resp
         }
-        let route = t.route.as_ref().unwrap_or(&self.metrics.none);
-        self.metrics.request(route, resp.status().as_u16());
-        tracing::info!(
-            target: ACCESS_LOG,
-            client = %Ip(t.client),
-            method = %method,
-            path = %LogPath(&t.path),
-            route = %route,
-            status = resp.status().as_u16(),
-            sub = t.identity.as_deref().map(Identity::sub),
-            latency_ms = millis(started.elapsed()),
-            upstream_ms = t.upstream.map(millis),
-            bytes = resp.body().size_hint().exact(),
-            "request"
-        );
-        resp
     }
 
-    async fn pipeline(&self, t: &mut Trace, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
-        self.check_head(&req)?;
-        t.path = match normalise_path(req.uri().path()) {
-            Ok(p) => p,
-            Err(e) => {
-                t.path = req.uri().path().to_owned();
-                return Err(GatewayError::BadRequest(e.description()));
+    // Not an `async fn` (see `handle`).
+    #[allow(clippy::manual_async_fn, reason = "see above")]
+    fn pipeline(&self, t: &mut Trace, mut req: Request<Incoming>) -> impl Future<Output = Result<Response<Body>, GatewayError>> {
+        async move {
+            self.check_head(&req)?;
+            t.path = match normalise_path(req.uri().path()) {
+                Ok(p) => p,
+                Err(e) => {
+                    t.path = req.uri().path().to_owned();
+                    return Err(GatewayError::BadRequest(e.description()));
+                }
+            };
+            let path = t.path.as_str();
+
+            if let Some(preflight) = self.cors.as_ref().and_then(|c| c.preflight(req.method(), req.headers())) {
+                return Ok(preflight);
             }
-        };
-        let path = t.path.as_str();
+            if path == JWKS_PATH && self.config.jwt.algorithm_is_asymmetric() {
+                let mut resp = json_response(StatusCode::OK, self.jwks.clone());
+                // Verifiers may cache it; a rotation publishes the next key ahead (README).
+                resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+                return Ok(resp);
+            }
+            if path == VERIFY_PATH {
+                return self.forward_auth(&req, t.client);
+            }
+            if let Some((login, endpoint)) = self.login.as_ref().and_then(|l| Some((l, l.endpoint(path)?))) {
+                t.login = endpoint == Endpoint::Token;
+                return crate::login::handle(self, login, endpoint, t.client, req).await;
+            }
 
-        if let Some(preflight) = self.cors.as_ref().and_then(|c| c.preflight(req.method(), req.headers())) {
-            return Ok(preflight);
-        }
-        if path == JWKS_PATH && self.config.jwt.algorithm_is_asymmetric() {
-            let mut resp = json_response(StatusCode::OK, self.jwks.clone());
-            // Verifiers may cache it; a rotation publishes the next key ahead (README).
-            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
-            return Ok(resp);
-        }
-        if path == VERIFY_PATH {
-            return self.forward_auth(&req, t.client);
-        }
-        if let Some((login, endpoint)) = self.login.as_ref().and_then(|l| Some((l, l.endpoint(path)?))) {
-            t.login = endpoint == Endpoint::Token;
-            return crate::login::handle(self, login, endpoint, t.client, req).await;
-        }
+            let route = self.routes.match_route(path).ok_or(GatewayError::NotFound)?;
+            t.route = Some(route.label.clone());
+            self.identity.strip(req.headers_mut());
+            self.check_cookie_origin(route, Some(req.method()), req.headers(), request_host(&req))?;
+            let identity = self.authenticate(route, req.headers())?;
+            self.rate_limit(route, identity.as_deref(), t.client)?;
+            // The token in authgate's cookies never reaches an upstream.
+            cookies::strip(req.headers_mut());
 
-        let route = self.routes.match_route(path).ok_or(GatewayError::NotFound)?;
-        t.route = Some(route.label.clone());
-        self.identity.strip(req.headers_mut());
-        self.check_cookie_origin(route, Some(req.method()), req.headers(), request_host(&req))?;
-        let identity = self.authenticate(route, req.headers())?;
-        self.rate_limit(route, identity.as_deref(), t.client)?;
-        // The token in authgate's cookies never reaches an upstream.
-        cookies::strip(req.headers_mut());
+            // The target's authority when it has one (HTTP/2, or an HTTP/1.1
+            // absolute-form target, whose Host RFC 9112 §3.2.2 says to ignore).
+            let host = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                .or_else(|| req.headers().get(header::HOST).cloned());
+            let fwd = Forwarded { peer: t.peer, client: t.client, host: host.as_ref() };
+            let upgrade = proxy::wants_upgrade(&req).then(|| req.headers().get(header::UPGRADE).cloned()).flatten();
+            proxy::rewrite_headers(req.headers_mut(), &fwd, upgrade, self.config.identity.forward_authorization);
+            // After the hop-by-hop removal, so that a client's `Connection:
+            // X-Auth-Subject` cannot delete the verified identity.
+            if let Some(id) = &identity {
+                self.identity.apply(req.headers_mut(), id).map_err(GatewayError::InvalidToken)?;
+                self.identity.assert(req.headers_mut(), id, self.signer.as_ref(), &route.path)?;
+            }
+            t.identity = identity;
 
-        // The target's authority when it has one (HTTP/2, or an HTTP/1.1
-        // absolute-form target, whose Host RFC 9112 §3.2.2 says to ignore).
-        let host =
-            req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()).or_else(|| req.headers().get(header::HOST).cloned());
-        let fwd = Forwarded { peer: t.peer, client: t.client, host: host.as_ref() };
-        let upgrade = proxy::wants_upgrade(&req).then(|| req.headers().get(header::UPGRADE).cloned()).flatten();
-        proxy::rewrite_headers(req.headers_mut(), &fwd, upgrade, self.config.identity.forward_authorization);
-        // After the hop-by-hop removal, so that a client's `Connection:
-        // X-Auth-Subject` cannot delete the verified identity.
-        if let Some(id) = &identity {
-            self.identity.apply(req.headers_mut(), id).map_err(GatewayError::InvalidToken)?;
-            self.identity.assert(req.headers_mut(), id, self.signer.as_ref(), &route.path)?;
-        }
-        t.identity = identity;
-
-        let target = upstream_path(route, path);
-        match &route.upstream {
-            Upstream::Echo => Ok(proxy::echo(&req, target, req.uri().query())),
-            Upstream::Http { authority, base } => {
-                let mut pq = String::with_capacity(base.len() + target.len() + 1 + req.uri().query().map_or(0, str::len));
-                pq.push_str(base);
-                pq.push_str(target);
-                if let Some(q) = req.uri().query() {
-                    pq.push('?');
-                    pq.push_str(q);
+            let target = upstream_path(route, path);
+            match &route.upstream {
+                Upstream::Echo => Ok(proxy::echo(&req, target, req.uri().query())),
+                Upstream::Http { authority, base } => {
+                    let mut pq = String::with_capacity(base.len() + target.len() + 1 + req.uri().query().map_or(0, str::len));
+                    pq.push_str(base);
+                    pq.push_str(target);
+                    if let Some(q) = req.uri().query() {
+                        pq.push('?');
+                        pq.push_str(q);
+                    }
+                    // Built from the same routes as the route table: always there.
+                    let pool =
+                        self.upstreams.pool(authority).ok_or_else(|| GatewayError::BadGateway("no pool for this upstream".into()))?;
+                    proxy::retarget(&mut req, pool.host(), &pq)?;
+                    let mut sent = None;
+                    let resp = proxy::forward(pool, req, &self.config.server, &mut sent).await;
+                    // Not for a request that never went upstream (no slot free).
+                    if let Some(sent) = sent {
+                        let took = sent.elapsed();
+                        t.upstream = Some(took);
+                        self.metrics.upstream(&route.label, took.as_secs_f64());
+                    }
+                    resp
                 }
-                // Built from the same routes as the route table: always there.
-                let pool = self.upstreams.pool(authority).ok_or_else(|| GatewayError::BadGateway("no pool for this upstream".into()))?;
-                proxy::retarget(&mut req, pool.host(), &pq)?;
-                let mut sent = None;
-                let resp = proxy::forward(pool, req, &self.config.server, &mut sent).await;
-                // Not for a request that never went upstream (no slot free).
-                if let Some(sent) = sent {
-                    let took = sent.elapsed();
-                    t.upstream = Some(took);
-                    self.metrics.upstream(&route.label, took.as_secs_f64());
-                }
-                resp
             }
         }
     }

@@ -365,84 +365,95 @@ impl http_body::Body for TimedBody {
 ///
 /// `sent` is set when the request goes to the upstream (after any wait for
 /// a slot): what `upstream_duration_seconds` and the access log measure from.
-pub async fn forward(
-    pool: &Arc<Pool>,
+// A plain fn returning an async block, not an `async fn`: an `async fn`
+// keeps a second copy of each argument in its future (rust-lang/rust#62958),
+// and the future is moved whole, several times, per request.
+#[allow(clippy::manual_async_fn, reason = "see above")]
+pub fn forward<'a>(
+    pool: &'a Arc<Pool>,
     mut req: Request<Incoming>,
-    s: &crate::config::ServerConfig,
-    sent: &mut Option<std::time::Instant>,
-) -> Result<Response<Body>, GatewayError> {
-    let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let hold = req.extensions_mut().remove::<crate::conn::ConnHold>();
-    let req = req.map(|b| TimedBody::new(b, s));
-    let moved = req.body().moved.clone();
-    let Some(client_upgrade) = client_upgrade else {
-        // Each request in flight holds an upstream connection, and an
-        // HTTP/2 client can have many in flight on one connection: their
-        // number is bounded (`max_upstream_requests`), or one client could
-        // open upstream connections until the process runs out of files.
-        let slot = match pool.slots().try_take() {
-            Some(slot) => slot,
-            None => tokio::time::timeout(s.upstream_timeout, pool.slots().take())
-                .await
-                .map_err(|_| GatewayError::Unavailable("too many requests in flight to upstreams (server.max_upstream_requests)".into()))?,
+    s: &'a crate::config::ServerConfig,
+    sent: &'a mut Option<std::time::Instant>,
+) -> impl Future<Output = Result<Response<Body>, GatewayError>> + 'a {
+    async move {
+        let client_upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let hold = req.extensions_mut().remove::<crate::conn::ConnHold>();
+        let req = req.map(|b| TimedBody::new(b, s));
+        let moved = req.body().moved.clone();
+        let Some(client_upgrade) = client_upgrade else {
+            // Each request in flight holds an upstream connection, and an
+            // HTTP/2 client can have many in flight on one connection: their
+            // number is bounded (`max_upstream_requests`), or one client could
+            // open upstream connections until the process runs out of files.
+            let slot = match pool.slots().try_take() {
+                Some(slot) => slot,
+                None => tokio::time::timeout(s.upstream_timeout, pool.slots().take()).await.map_err(|_| {
+                    GatewayError::Unavailable("too many requests in flight to upstreams (server.max_upstream_requests)".into())
+                })?,
+            };
+            let now = std::time::Instant::now();
+            *sent = Some(now);
+            let send = std::pin::pin!(pool.send(req));
+            let resp = head_within(s, now, send, moved.as_ref()).await?.map(|b| b.holding(slot));
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(GatewayError::BadGateway("upstream switched protocols unasked".into()));
+            }
+            let (mut parts, body) = resp.into_parts();
+            response_headers(parts.status, &mut parts.headers);
+            return Ok(Response::from_parts(parts, body.boxed()));
         };
         let now = std::time::Instant::now();
         *sent = Some(now);
-        let resp = head_within(s, now, pool.send(req), moved.as_ref()).await?.map(|b| b.holding(slot));
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(GatewayError::BadGateway("upstream switched protocols unasked".into()));
+        // Boxed: upgrades are rare, and inline this future would make every
+        // request's future larger.
+        let mut send = Box::pin(upstream::send_upgrade(pool.authority(), req));
+        let mut resp = head_within(s, now, send.as_mut(), moved.as_ref()).await?;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !is_websocket(resp.headers()) {
+            return Err(GatewayError::BadGateway("upstream switched to a protocol other than the WebSocket asked for".into()));
         }
-        let (mut parts, body) = resp.into_parts();
-        response_headers(parts.status, &mut parts.headers);
-        return Ok(Response::from_parts(parts, body.boxed()));
-    };
-    let now = std::time::Instant::now();
-    *sent = Some(now);
-    let mut resp = head_within(s, now, upstream::send_upgrade(pool.authority(), req), moved.as_ref()).await?;
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !is_websocket(resp.headers()) {
-        return Err(GatewayError::BadGateway("upstream switched to a protocol other than the WebSocket asked for".into()));
-    }
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((c, u)) => {
-                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                    let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
-                    // The tunnel keeps its connection slot and idle deadline.
-                    match &hold {
-                        Some(h) => tokio::select! {
-                            _ = copy => {}
-                            () = h.idle() => tracing::debug!("upgraded connection idle; closed"),
-                        },
-                        None => {
-                            let _ = copy.await;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((c, u)) => {
+                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        let copy = tokio::io::copy_bidirectional(&mut c, &mut u);
+                        // The tunnel keeps its connection slot and idle deadline.
+                        match &hold {
+                            Some(h) => tokio::select! {
+                                _ = copy => {}
+                                () = h.idle() => tracing::debug!("upgraded connection idle; closed"),
+                            },
+                            None => {
+                                let _ = copy.await;
+                            }
                         }
+                        drop(hold);
                     }
-                    drop(hold);
+                    Err(error) => tracing::debug!(%error, "upgrade failed"),
                 }
-                Err(error) => tracing::debug!(%error, "upgrade failed"),
-            }
-        });
-        let (parts, _) = resp.into_parts();
-        return Ok(Response::from_parts(parts, body::empty()));
+            });
+            let (parts, _) = resp.into_parts();
+            return Ok(Response::from_parts(parts, body::empty()));
+        }
+        let (mut parts, incoming) = resp.into_parts();
+        response_headers(parts.status, &mut parts.headers);
+        Ok(Response::from_parts(parts, incoming.boxed()))
     }
-    let (mut parts, incoming) = resp.into_parts();
-    response_headers(parts.status, &mut parts.headers);
-    Ok(Response::from_parts(parts, incoming.boxed()))
 }
 
 /// The response head within `upstream_timeout`, failures sorted into the
 /// client's (400, 408) and the upstream's (502), a timeout 504.
 /// With a request body, `upstream_timeout` counts from the last piece of
 /// it that went upstream (see `Moved`).
+/// `sent` is pinned by the caller, so this future does not hold a second
+/// copy of it.
 async fn head_within<T>(
     s: &crate::config::ServerConfig,
     now: std::time::Instant,
-    sent: impl Future<Output = Result<T, SendError>>,
+    mut sent: Pin<&mut impl Future<Output = Result<T, SendError>>>,
     moved: Option<&Moved>,
 ) -> Result<T, GatewayError> {
-    let mut sent = std::pin::pin!(sent);
     let mut deadline = tokio::time::Instant::from_std(now) + s.upstream_timeout;
     loop {
         match tokio::time::timeout_at(deadline, sent.as_mut()).await {

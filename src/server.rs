@@ -306,11 +306,13 @@ async fn session(
             if upgrade {
                 req.extensions_mut().insert(hold.clone());
             }
-            async move {
-                let resp = app.handle(conn, req).await;
+            // A combinator, not an async block: hyper moves this future
+            // whole, and a block would hold the handler's future twice (as
+            // a capture and as what it awaits).
+            futures_util::FutureExt::map(app.handle(conn, req), move |resp| {
                 drop(guard);
                 Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _guard: responding }))
-            }
+            })
         })
     };
 

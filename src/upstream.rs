@@ -233,34 +233,40 @@ impl Pool {
     /// to the end. A request that an idle connection could not take (the
     /// upstream had closed it before the request was written) is sent
     /// again on another: it never reached the upstream.
-    pub async fn send(self: &Arc<Self>, mut req: Request<TimedBody>) -> Result<Response<PooledBody>, SendError> {
-        loop {
-            let (mut conn, reused) = match self.checkout() {
-                Some(c) => (c, true),
-                None => (self.connect().await?, false),
-            };
-            // A new connection takes its first request without waiting; if
-            // it has ended, the request fails with the reason.
-            if reused && !conn.ready().await {
-                continue;
-            }
-            let mut response = std::pin::pin!(conn.send.try_send_request(req));
-            let result = poll_fn(|cx| {
-                // The connection writes the request and reads the head;
-                // then the response future has its answer.
-                let _ = conn.poll_done(cx);
-                response.as_mut().poll(cx)
-            })
-            .await;
-            match result {
-                Ok(resp) => {
-                    let pool = Arc::clone(self);
-                    return Ok(resp.map(|body| PooledBody { body, conn: Some(conn), pool, ended: false, slot: None }));
+    // Not an `async fn`, which would keep the request twice in its future
+    // (see `proxy::forward`).
+    #[allow(clippy::manual_async_fn, reason = "see above")]
+    pub fn send(self: &Arc<Self>, req: Request<TimedBody>) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + '_ {
+        let mut req = req;
+        async move {
+            loop {
+                let (mut conn, reused) = match self.checkout() {
+                    Some(c) => (c, true),
+                    None => (self.connect().await?, false),
+                };
+                // A new connection takes its first request without waiting; if
+                // it has ended, the request fails with the reason.
+                if reused && !conn.ready().await {
+                    continue;
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(r) if reused => req = r,
-                    _ => return Err(SendError::Http(e.into_error())),
-                },
+                let mut response = std::pin::pin!(conn.send.try_send_request(req));
+                let result = poll_fn(|cx| {
+                    // The connection writes the request and reads the head;
+                    // then the response future has its answer.
+                    let _ = conn.poll_done(cx);
+                    response.as_mut().poll(cx)
+                })
+                .await;
+                match result {
+                    Ok(resp) => {
+                        let pool = Arc::clone(self);
+                        return Ok(resp.map(|body| PooledBody { body, conn: Some(conn), pool, ended: false, slot: None }));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(r) if reused => req = r,
+                        _ => return Err(SendError::Http(e.into_error())),
+                    },
+                }
             }
         }
     }
