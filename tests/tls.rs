@@ -259,3 +259,33 @@ async fn a_forged_record_gets_a_fatal_alert_and_a_closed_connection() {
     assert_eq!(get(&mut other).await, 200);
     gw.stop().await;
 }
+
+/// Returning clients resume their TLS session (README: stateless session
+/// tickets): the ticket each connection gets serves the next one, and the
+/// ticket key survives a reload, so a reload does not send every client
+/// back to a full handshake.
+#[tokio::test]
+async fn returning_clients_resume_their_session_even_across_a_reload() {
+    let gw = Gateway::start("", ROUTES).await;
+    // One client config: its in-memory session store is what a returning
+    // client brings.
+    let connector = tokio_rustls::TlsConnector::from(rustls_client(&gw.cert_path(), &[b"http/1.1"]));
+    let mut kinds = Vec::new();
+    for i in 0..4 {
+        if i == 2 {
+            gw.running().reload().await.expect("reload");
+        }
+        let tcp = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let mut s = connector.connect(name, tcp).await.expect("tls handshake");
+        // The ticket follows the handshake: read the answer to get it.
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.expect("write");
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await.expect("read");
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+        kinds.push(s.get_ref().1.handshake_kind());
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed), Some(Resumed)]);
+    gw.stop().await;
+}
