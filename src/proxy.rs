@@ -250,7 +250,8 @@ pub fn retarget(req: &mut Request<Incoming>, host: Option<&HeaderValue>, path_an
 /// scheme): a large upload at a sane rate goes through, a slowloris body
 /// trickling a byte a second is cut off.
 pub struct TimedBody {
-    inner: Incoming,
+    /// None for the empty body of a request sent again (`TimedBody::empty`).
+    inner: Option<Incoming>,
     /// Set when the body is first read: a request without one (most of
     /// them) never pays for a timer.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -310,7 +311,12 @@ impl TimedBody {
         let per_byte =
             if s.body_min_rate == 0 { Duration::ZERO } else { Duration::from_secs(1) / u32::try_from(s.body_min_rate).unwrap_or(u32::MAX) };
         let moved = (!http_body::Body::is_end_stream(&inner)).then(Moved::new);
-        TimedBody { inner, deadline: None, timeout: s.body_timeout, per_byte, moved }
+        TimedBody { inner: Some(inner), deadline: None, timeout: s.body_timeout, per_byte, moved }
+    }
+
+    /// No body: for a copy of a body-less request, to send it again.
+    pub fn empty() -> TimedBody {
+        TimedBody { inner: None, deadline: None, timeout: Duration::ZERO, per_byte: Duration::ZERO, moved: None }
     }
 }
 
@@ -320,9 +326,12 @@ impl http_body::Body for TimedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
         let timeout = this.timeout;
         let deadline = this.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let polled = Pin::new(inner).poll_frame(cx);
         if let Some(m) = &this.moved {
             // Something came from the client, or the upstream waits on it.
             if polled.is_ready() { m.now() } else { m.on_client() }
@@ -350,11 +359,11 @@ impl http_body::Body for TimedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(http_body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(|| http_body::SizeHint::with_exact(0), http_body::Body::size_hint)
     }
 }
 

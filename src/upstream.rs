@@ -34,6 +34,9 @@ use crate::proxy::TimedBody;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per upstream; more are closed when they come back.
 const MAX_IDLE: usize = 256;
+/// How long a connection must have been idle for a request sent on it to
+/// be kept for sending again (see `Pool::send`).
+const REPLAY_AFTER: Duration = Duration::from_millis(10);
 
 type Io = TokioIo<crate::upstream_io::UpstreamIo>;
 
@@ -185,13 +188,15 @@ impl Pool {
     }
 
     /// The most recently used idle connection: the one least likely to
-    /// have been closed by the upstream's own keep-alive timeout.
-    fn checkout(&self) -> Option<Conn> {
+    /// have been closed by the upstream's own keep-alive timeout; and how
+    /// long it was idle.
+    fn checkout(&self) -> Option<(Conn, Duration)> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while let Some(i) = idle.pop() {
-            if now.duration_since(i.since) < IDLE_TIMEOUT {
-                return Some(i.conn);
+            let quiet = now.duration_since(i.since);
+            if quiet < IDLE_TIMEOUT {
+                return Some((i.conn, quiet));
             }
         }
         None
@@ -239,16 +244,28 @@ impl Pool {
     pub fn send(self: &Arc<Self>, req: Request<TimedBody>) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + '_ {
         let mut req = req;
         async move {
+            let mut replayed = false;
             loop {
-                let (mut conn, reused) = match self.checkout() {
-                    Some(c) => (c, true),
-                    None => (self.connect().await?, false),
+                let (mut conn, reused, quiet) = match self.checkout() {
+                    Some((c, quiet)) => (c, true, quiet),
+                    None => (self.connect().await?, false, Duration::ZERO),
                 };
                 // A new connection takes its first request without waiting; if
                 // it has ended, the request fails with the reason.
                 if reused && !conn.ready().await {
                     continue;
                 }
+                // The upstream may close a kept-alive connection just as a
+                // request goes out on it (its keep-alive timeout, or nginx
+                // dropping idle connections when short of
+                // worker_connections): the request is lost, unanswered. One
+                // that is idempotent and has no body is sent again, once, on
+                // another connection, as nginx does; a copy is kept for that.
+                // Upstreams close connections that have been idle, so only a
+                // connection idle for `REPLAY_AFTER` is worth the copy (3 %
+                // of a request's instructions): under load a connection is
+                // reused within a few milliseconds.
+                let spare = (reused && quiet >= REPLAY_AFTER && !replayed && replayable(&req)).then(|| copy(&req));
                 let mut response = std::pin::pin!(conn.send.try_send_request(req));
                 let result = poll_fn(|cx| {
                     // The connection writes the request and reads the head;
@@ -262,14 +279,47 @@ impl Pool {
                         let pool = Arc::clone(self);
                         return Ok(resp.map(|body| PooledBody { body, conn: Some(conn), pool, ended: false, slot: None }));
                     }
-                    Err(mut e) => match e.take_message() {
-                        Some(r) if reused => req = r,
+                    Err(mut e) => match (e.take_message(), spare) {
+                        (Some(r), _) if reused => req = r,
+                        (None, Some(copy)) if closed_under(e.error()) => {
+                            tracing::debug!(error = %e.error(), "a kept-alive upstream connection closed under a request; sending it again");
+                            replayed = true;
+                            req = copy;
+                        }
                         _ => return Err(SendError::Http(e.into_error())),
                     },
                 }
             }
         }
     }
+}
+
+/// Whether a request may be sent twice: an idempotent method (RFC 9110,
+/// 9.2.2) and no body, so nothing of it is lost with the first attempt.
+fn replayable(req: &Request<TimedBody>) -> bool {
+    use http::Method;
+    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+        && http_body::Body::is_end_stream(req.body())
+}
+
+/// A body-less request's copy, to send again.
+fn copy(req: &Request<TimedBody>) -> Request<TimedBody> {
+    let mut copy = Request::new(TimedBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    copy
+}
+
+/// The connection ended under the request before its answer came: closed
+/// (what hyper calls an incomplete message) or reset.
+fn closed_under(e: &hyper::Error) -> bool {
+    e.is_incomplete_message()
+        || std::error::Error::source(e).and_then(|s| s.downcast_ref::<io::Error>()).is_some_and(|io| {
+            matches!(io.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted)
+        })
 }
 
 /// `host:port`, resolved, every address tried in turn; no Nagle delay, and

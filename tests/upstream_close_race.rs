@@ -353,3 +353,89 @@ async fn hyper_hands_a_queued_request_back_only_once_the_finished_connection_is_
         .expect_err("an error, not a response");
     assert!(err.take_message().is_some(), "the request comes back: safe to retry elsewhere");
 }
+
+/// An upstream that answers the first request on each connection and,
+/// on the second, reads it and closes without answering: a kept-alive
+/// connection dropped just as a request went out on it (an upstream's
+/// keep-alive timeout; nginx closing idle connections when short of
+/// worker_connections did this to 13 requests of a benchmark run).
+/// Returns what each connection was sent, "conn method path".
+async fn one_answer_per_connection_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            n += 1;
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for answered in [true, false] {
+                    // The head, then the body its Content-Length announces.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let length =
+                        head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().expect("length"));
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let line = head.lines().next().unwrap_or_default().to_uppercase();
+                    let mut words = line.split(' ');
+                    let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default().to_lowercase());
+                    log.lock().expect("lock").push(format!("{n} {method} {path}"));
+                    buf.drain(..head_end + length);
+                    if answered {
+                        if tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                            return;
+                        }
+                    } else {
+                        return; // closed, unanswered
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A GET lost that way is sent again on a new connection and answered; a
+/// POST, which the upstream may have acted on, is not: 502.
+#[tokio::test]
+async fn an_idempotent_request_lost_on_a_closing_connection_is_sent_again_once() {
+    let (addr, seen) = one_answer_per_connection_upstream().await;
+    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n");
+    let gw = Gateway::start("", &routes).await;
+    let get = |path: &str| {
+        let r = gw.client.get(gw.url(path)).send();
+        async move {
+            let r = r.await.expect("send");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        }
+    };
+    assert_eq!(get("/a").await, (200, "ok".into()));
+    // Upstreams close connections that have sat idle; a request on one
+    // idle for less than 10 ms is not kept for sending again.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get("/b").await, (200, "ok".into()), "the GET lost on connection 1 was not sent again");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = gw.client.post(gw.url("/c")).body("data").send().await.expect("send");
+    assert_eq!(r.status(), 502, "a POST is never sent twice");
+    assert_eq!(get("/d").await, (200, "ok".into()));
+    assert_eq!(*seen.lock().expect("lock"), ["1 GET /a", "1 GET /b", "2 GET /b", "2 POST /c", "3 GET /d"]);
+    gw.stop().await;
+}
