@@ -237,7 +237,9 @@ impl Pool {
     /// response head with a body that hands the connection back when read
     /// to the end. A request that an idle connection could not take (the
     /// upstream had closed it before the request was written) is sent
-    /// again on another: it never reached the upstream.
+    /// again on another: it never reached the upstream. So, once, is an
+    /// idempotent body-less one that the upstream closed the connection
+    /// under (see below).
     // Not an `async fn`, which would keep the request twice in its future
     // (see `proxy::forward`).
     #[allow(clippy::manual_async_fn, reason = "see above")]
@@ -264,8 +266,9 @@ impl Pool {
                 // Upstreams close connections that have been idle, so only a
                 // connection idle for `REPLAY_AFTER` is worth the copy (3 %
                 // of a request's instructions): under load a connection is
-                // reused within a few milliseconds.
-                let spare = (reused && quiet >= REPLAY_AFTER && !replayed && replayable(&req)).then(|| copy(&req));
+                // reused within a few milliseconds. Boxed: held across the
+                // wait, inline it would enlarge every request's future.
+                let spare = (reused && quiet >= REPLAY_AFTER && !replayed && replayable(&req)).then(|| Box::new(copy(&req)));
                 let mut response = std::pin::pin!(conn.send.try_send_request(req));
                 let result = poll_fn(|cx| {
                     // The connection writes the request and reads the head;
@@ -284,7 +287,7 @@ impl Pool {
                         (None, Some(copy)) if closed_under(e.error()) => {
                             tracing::debug!(error = %e.error(), "a kept-alive upstream connection closed under a request; sending it again");
                             replayed = true;
-                            req = copy;
+                            req = *copy;
                         }
                         _ => return Err(SendError::Http(e.into_error())),
                     },
