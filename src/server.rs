@@ -175,7 +175,6 @@ pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdo
     let max_connections = app.load().config.server.max_connections;
     let slots = Arc::new(Semaphore::new(max_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let inherited = tune_listener(&listener);
     tokio::pin!(shutdown);
     loop {
         // Past max_connections, further clients wait in the kernel's backlog.
@@ -184,10 +183,8 @@ pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdo
             () = &mut shutdown => break,
         };
         let Some((tcp, peer)) = accept(&listener, &mut shutdown).await else { break };
-        if !inherited {
-            let _ = tcp.set_nodelay(true);
-            limit_unsent(&tcp);
-        }
+        let _ = tcp.set_nodelay(true);
+        limit_unsent(&tcp);
         let open = app.load().metrics.connection();
         let tls_config = tls.load_full();
         // Shared with an upgraded connection, which may outlive this task.
@@ -456,22 +453,6 @@ where
 /// connection (TCP_NOTSENT_LOWAT).
 const UNSENT_BYTES: u32 = 64 * 1024;
 
-/// Sets TCP_NODELAY and TCP_NOTSENT_LOWAT (see `limit_unsent`) on the
-/// listener. On Linux a socket `accept` returns inherits both, which spares
-/// two system calls per connection; `true` when that applies.
-fn tune_listener(listener: &TcpListener) -> bool {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        let sock = socket2::SockRef::from(listener);
-        sock.set_tcp_nodelay(true).is_ok() && sock.set_tcp_notsent_lowat(UNSENT_BYTES).is_ok()
-    }
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    {
-        let _ = listener;
-        false
-    }
-}
-
 /// Keeps a client connection's unsent bytes in the kernel to
 /// `UNSENT_BYTES`, so that a client that reads slowly keeps the response
 /// moving: without it the send buffer autotunes to megabytes, the socket
@@ -565,21 +546,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    /// What `serve` counts on when `tune_listener` says so: the accepted
-    /// socket has both options without setting them itself.
-    #[tokio::test]
-    async fn accepted_sockets_inherit_the_listeners_tcp_options() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        if !tune_listener(&listener) {
-            return;
-        }
-        let addr = listener.local_addr().expect("addr");
-        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (tcp, _) = listener.accept().await.expect("accept");
-        assert!(tcp.nodelay().expect("nodelay"), "Nagle is on for the accepted socket");
-        assert_eq!(socket2::SockRef::from(&tcp).tcp_notsent_lowat().expect("lowat"), UNSENT_BYTES);
-    }
-
     use super::*;
 
     /// A panic in the serve task (a `max_connections` past tokio's
