@@ -359,7 +359,7 @@ async fn hyper_hands_a_queued_request_back_only_once_the_finished_connection_is_
 /// connection dropped just as a request went out on it (an upstream's
 /// keep-alive timeout; nginx closing idle connections when short of
 /// worker_connections did this to 13 requests of a benchmark run).
-/// Returns what each connection was sent, "conn method path".
+/// A request with an `x-slow` header is answered after 100 ms. Returns what each connection was sent, "conn method path".
 async fn one_answer_per_connection_upstream() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -400,6 +400,9 @@ async fn one_answer_per_connection_upstream() -> (SocketAddr, Arc<std::sync::Mut
                     log.lock().expect("lock").push(format!("{n} {method} {path}"));
                     buf.drain(..head_end + length);
                     if answered {
+                        if head.contains("\r\nx-slow:") {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                         if tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
                             return;
                         }
@@ -437,5 +440,30 @@ async fn an_idempotent_request_lost_on_a_closing_connection_is_sent_again_once()
     assert_eq!(r.status(), 502, "a POST is never sent twice");
     assert_eq!(get("/d").await, (200, "ok".into()));
     assert_eq!(*seen.lock().expect("lock"), ["1 GET /a", "1 GET /b", "2 GET /b", "2 POST /c", "3 GET /d"]);
+    gw.stop().await;
+}
+
+/// The resend happens once: a GET lost on one closing connection and then
+/// again on a second is answered 502, not sent a third time. The upstream
+/// holds its first answers back so that two requests open two connections,
+/// and answers once per connection as above.
+#[tokio::test]
+async fn a_request_lost_twice_is_not_sent_a_third_time() {
+    let (addr, seen) = one_answer_per_connection_upstream().await;
+    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n");
+    let gw = Gateway::start("", &routes).await;
+    let status = |path: &str| {
+        let r = gw.client.get(gw.url(path)).header("x-slow", "1").send();
+        async move { r.await.expect("send").status().as_u16() }
+    };
+    // Two requests at once, each answered after 100 ms: two connections,
+    // both idle in the pool afterwards.
+    let (a, b) = tokio::join!(status("/a1"), status("/a2"));
+    assert_eq!((a, b), (200, 200));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(status("/b").await, 502, "a GET lost on two connections in turn was answered");
+    let seen = seen.lock().expect("lock").clone();
+    let sent = seen.iter().filter(|s| s.ends_with("GET /b")).count();
+    assert_eq!(sent, 2, "/b should reach the upstream twice (sent, then sent again once): {seen:?}");
     gw.stop().await;
 }
