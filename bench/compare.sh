@@ -4,7 +4,7 @@
 #   bash bench/compare.sh                  # keep-alive connections (default)
 #   MODE=newconn bash bench/compare.sh     # a new TLS connection per request
 #
-# Knobs (environment): ROUNDS (5), DURATION (10s), CONNS (64), WARMUP (2s, 0 = none),
+# Knobs (environment): ROUNDS (10), DURATION (5s), CONNS (64), WARMUP (2s, 0 = none),
 # TARGETS (space-separated subset of the targets below), AUTHGATE_BIN (skip the
 # build and use this binary), SERVER_CPU (1), CLIENT_CPU (0), KEEP_WORK=1 (keep
 # the temporary folder with every config and log), AUTHGATE_LOG (RUST_LOG for
@@ -30,8 +30,8 @@
 set -euo pipefail
 
 MODE=${MODE:-keepalive}
-ROUNDS=${ROUNDS:-5}
-DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-10}
+DURATION=${DURATION:-5s}
 CONNS=${CONNS:-64}
 WARMUP=${WARMUP:-2s}
 SERVER_CPU=${SERVER_CPU:-1}
