@@ -41,6 +41,7 @@ pub mod revocation;
 pub mod route_limit;
 pub mod routes;
 pub mod server;
+pub mod sockopt;
 pub mod store;
 pub mod tls;
 pub mod tls_stream;

@@ -105,6 +105,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     app.spawn_background();
     let s = app.config.server.clone();
     let listener = bind(s.listen, "server.listen").await?;
+    // A connection reaches accept with its ClientHello (see `sockopt`).
+    if let Err(error) = crate::sockopt::defer_accept(&listener, DEFER_ACCEPT_SECS) {
+        tracing::warn!(%error, "cannot set TCP_DEFER_ACCEPT on server.listen; connections are accepted before they send anything");
+    }
     let addr = listener.local_addr()?;
     let admin = match s.admin_listen {
         Some(a) => Some(bind(a, "server.admin_listen").await?),
@@ -137,6 +141,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let task = Some(tokio::spawn(serve(listener, shared, tls, until_stopped())));
     Ok(Running { addr, admin_addr, redirect_addr, reloader, stop, task, side })
 }
+
+/// How long a connection that has sent nothing is held back from accept
+/// (TCP_DEFER_ACCEPT): one SYN-ACK retransmission, as nginx's `deferred`
+/// and HAProxy's `defer-accept` do. A silent client is then accepted and
+/// `header_read_timeout` closes it.
+const DEFER_ACCEPT_SECS: u32 = 1;
 
 fn http1_builder(s: &ServerConfig) -> http1::Builder {
     let mut b = http1::Builder::new();

@@ -289,3 +289,31 @@ async fn returning_clients_resume_their_session_even_across_a_reload() {
     assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed), Some(Resumed)]);
     gw.stop().await;
 }
+
+/// TCP_DEFER_ACCEPT on the listener: a client that connects and says
+/// nothing is not accepted, so it holds no connection slot, while one that
+/// starts a TLS handshake is served at once. The silent one is accepted
+/// after about a second and then closed by `header_read_timeout` (2 s
+/// here): held back, not left hanging.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_not_accepted_until_it_speaks() {
+    let gw = Gateway::start("", ROUTES).await;
+    let open = || gw.app().metrics.open_connections.get();
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(open(), 0, "a connection that has sent nothing was accepted");
+    let mut speaking = raw_tls(&gw, &[b"http/1.1"]).await;
+    assert_eq!(open(), 1, "the connection that began a handshake should be the only one accepted");
+    assert_eq!(get(&mut speaking).await, 200);
+    drop(speaking);
+
+    let mut buf = [0u8; 16];
+    let end = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the silent connection was neither accepted and timed out nor closed within 10 s");
+    assert!(matches!(end, Ok(0) | Err(_)), "the silent connection got bytes: {end:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2), "closed after {took:?}, before header_read_timeout could have run");
+    gw.stop().await;
+}
