@@ -481,11 +481,20 @@ EOF
 WRK_EXTRA=()
 [[ $MODE == newconn ]] && WRK_EXTRA=(-H "Connection: close")
 
-# run_wrk TARGET SECONDS TAG: one wrk run; its BENCH line goes to $WORK/last.
+# cpu_ticks N: "busy total" jiffies of CPU N so far, from /proc/stat (busy
+# is everything but idle and iowait).
+cpu_ticks() {
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+
+# run_wrk TARGET SECONDS TAG: one wrk run; its BENCH line, with how busy the
+# server's and the client's CPUs were during it, goes to $WORK/last.
 # wrk runs in the background (recorded like the servers) so that a signal
 # reaches the EXIT trap at once instead of after the run.
 run_wrk() {
-    local t=$1 secs=$2 log=$WORK/logs/wrk-$1-$3.txt wp rc=0
+    local t=$1 secs=$2 log=$WORK/logs/wrk-$1-$3.txt wp rc=0 s0 s1 c0 c1
+    s0=$(cpu_ticks "$SERVER_CPU")
+    c0=$(cpu_ticks "$CLIENT_CPU")
     timeout -k 5 $((secs + 60)) taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${secs}s" --latency \
         -H "Authorization: Bearer ${TOKEN[$t]}" "${WRK_EXTRA[@]}" -s "$WORK/report.lua" \
         "https://127.0.0.1:${PORT[$t]}/" >"$log" 2>&1 &
@@ -493,8 +502,15 @@ run_wrk() {
     PIDS+=("$wp")
     wait "$wp" || rc=$?
     unset 'PIDS[-1]'
+    s1=$(cpu_ticks "$SERVER_CPU")
+    c1=$(cpu_ticks "$CLIENT_CPU")
     ((rc == 0)) || die "wrk against $t failed ($rc): $(tail -n 3 "$log")"
     grep '^BENCH ' "$log" >"$WORK/last" || die "no result from wrk against $t: $(tail -n 3 "$log")"
+    # Busy share of each CPU over the run, in per mille.
+    printf ' srv_busy=%d cli_busy=%d\n' \
+        "$(awk -v a="$s0" -v b="$s1" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; print (t > 0 ? int(1000 * (y[1] - x[1]) / t) : 0) }')" \
+        "$(awk -v a="$c0" -v b="$c1" 'BEGIN { split(a, x, " "); split(b, y, " "); t = y[2] - x[2]; print (t > 0 ? int(1000 * (y[1] - x[1]) / t) : 0) }')" \
+        >>"$WORK/last"
 }
 
 say ""
@@ -513,7 +529,7 @@ if ((WARMUP_S > 0)); then
     for t in $TARGETS; do run_wrk "$t" "$WARMUP_S" warmup; done
 fi
 
-printf 'round\ttarget\trps\tp50_us\tp99_us\tnon2xx\tsockerr\n' >"$WORK/results.tsv"
+printf 'round\ttarget\trps\tp50_us\tp99_us\tnon2xx\tsockerr\tsrv_busy\tcli_busy\n' >"$WORK/results.tsv"
 read -r -a order <<<"$TARGETS"
 n=${#order[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -522,13 +538,15 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for ((i = 0; i < n; i++)); do
         t=${order[$(((i + r - 1) % n))]}
         run_wrk "$t" "$DURATION_S" "r$r"
-        line=$(cat "$WORK/last")
+        line=$(tr '\n' ' ' <"$WORK/last")
         rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$line")
         p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$line")
         p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$line")
         bad=$(sed -E 's/.*non2xx=([0-9]+).*/\1/' <<<"$line")
         sockerr=$(sed -E 's/.*sockerr=([0-9]+).*/\1/' <<<"$line")
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$rps" "$p50" "$p99" "$bad" "$sockerr" >>"$WORK/results.tsv"
+        srv=$(sed -E 's/.*srv_busy=([0-9]+).*/\1/' <<<"$line")
+        cli=$(sed -E 's/.*cli_busy=([0-9]+).*/\1/' <<<"$line")
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$t" "$rps" "$p50" "$p99" "$bad" "$sockerr" "$srv" "$cli" >>"$WORK/results.tsv"
     done
     python3 - "$WORK/results.tsv" "$r" <<'EOF' | tee -a "$RESULT"
 import csv, sys
@@ -541,8 +559,12 @@ for x in rows:
         note += "  INVALID: %s non-2xx answers" % x["non2xx"]
     if int(x["sockerr"]):
         note += "  (%s socket errors)" % x["sockerr"]
-    print("  %-16s %10.0f req/s  p50 %8.2f ms  p99 %8.2f ms  vs nginx %s%s" % (
-        x["target"], float(x["rps"]), int(x["p50_us"]) / 1000, int(x["p99_us"]) / 1000, ratio, note))
+    # The server CPU's busy time per request (the target and the upstream
+    # share that CPU), and how busy the client's CPU was.
+    srv, cli = int(x["srv_busy"]) / 1000, int(x["cli_busy"]) / 1000
+    cost = "%4.0f us/req" % (srv * 1e6 / float(x["rps"])) if float(x["rps"]) > 0 else "  n/a"
+    print("  %-16s %10.0f req/s  p50 %8.2f ms  p99 %8.2f ms  vs nginx %s  server CPU %3.0f%% %s  client CPU %3.0f%%%s" % (
+        x["target"], float(x["rps"]), int(x["p50_us"]) / 1000, int(x["p99_us"]) / 1000, ratio, 100 * srv, cost, 100 * cli, note))
 EOF
 done
 
@@ -567,12 +589,21 @@ def ratio(a, b):
         return None
     return statistics.median(float(by[(r, a)]["rps"]) / float(by[(r, b)]["rps"]) for r in rounds)
 
+def cost(t):
+    # Server CPU busy time per request, in microseconds (median over rounds).
+    return statistics.median(int(by[(r, t)]["srv_busy"]) / 1000 * 1e6 / float(by[(r, t)]["rps"]) for r in rounds)
+
 print("summary (medians over %d round%s)" % (len(rounds), "" if len(rounds) == 1 else "s"))
-print("  %-16s %10s  %10s  %10s  %s" % ("target", "req/s", "p50 ms", "p99 ms", "vs nginx (median of per-round ratios)"))
+print("  %-16s %10s  %10s  %10s  %-9s  %14s  %10s  %10s" % ("target", "req/s", "p50 ms", "p99 ms", "vs nginx", "server us/req", "server CPU", "client CPU"))
 for t in targets:
     r = ratio(t, "nginx")
-    print("  %-16s %10.0f  %10.2f  %10.2f  %s%s" % (t, med(t, "rps"), med(t, "p50_us") / 1000, med(t, "p99_us") / 1000,
-          "%.2fx" % r if r is not None else "n/a", "  INVALID (non-2xx answers)" if t in invalid else ""))
+    print("  %-16s %10.0f  %10.2f  %10.2f  %-9s  %14.0f  %9.0f%%  %9.0f%%%s" % (
+          t, med(t, "rps"), med(t, "p50_us") / 1000, med(t, "p99_us") / 1000,
+          "%.2fx" % r if r is not None else "n/a", cost(t), med(t, "srv_busy") / 10, med(t, "cli_busy") / 10,
+          "  INVALID (non-2xx answers)" if t in invalid else ""))
+print("  vs nginx: the median of per-round ratios of req/s. server us/req: the busy time of the")
+print("  server CPU (the target and the upstream) per request. A target whose server CPU has")
+print("  time to spare while the client CPU is near 100 % is limited by wrk, not by itself.")
 
 print()
 print("targets (issue 6):")
