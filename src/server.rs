@@ -105,10 +105,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     app.spawn_background();
     let s = app.config.server.clone();
     let listener = bind(s.listen, "server.listen").await?;
-    // A connection reaches accept with its ClientHello (see `sockopt`).
-    if let Err(error) = crate::sockopt::defer_accept(&listener, DEFER_ACCEPT_SECS) {
-        tracing::warn!(%error, "cannot set TCP_DEFER_ACCEPT on server.listen; connections are accepted before they send anything");
-    }
+    // Before anyone can connect through it: a connection completed before
+    // the option is set waits in the backlog as an ordinary one.
+    let deferred = defer_accept(&listener);
     let addr = listener.local_addr()?;
     let admin = match s.admin_listen {
         Some(a) => Some(bind(a, "server.admin_listen").await?),
@@ -138,14 +137,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         side.push(tokio::spawn(crate::admin::serve_redirect(l, addr.port(), until_stopped())));
     }
     side.push(tokio::spawn(crate::reload::watch_files(reloader.clone(), until_stopped())));
-    let task = Some(tokio::spawn(serve(listener, shared, tls, until_stopped())));
+    let task = Some(tokio::spawn(serve(listener, deferred, shared, tls, until_stopped())));
     Ok(Running { addr, admin_addr, redirect_addr, reloader, stop, task, side })
 }
 
 /// How long a connection that has sent nothing is held back from accept
 /// (TCP_DEFER_ACCEPT): one SYN-ACK retransmission, as nginx's `deferred`
-/// and HAProxy's `defer-accept` do. A silent client is then accepted and
-/// `header_read_timeout` closes it.
+/// and HAProxy's `defer-accept` do. A silent client is then accepted, and
+/// the time it was held back counts toward its `header_read_timeout`.
 const DEFER_ACCEPT_SECS: u32 = 1;
 
 fn http1_builder(s: &ServerConfig) -> http1::Builder {
@@ -180,7 +179,8 @@ fn http2_builder(s: &ServerConfig) -> http2::Builder<TokioExecutor> {
 pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// Serves TLS connections from `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdown: impl Future<Output = ()>) {
+/// `deferred`: TCP_DEFER_ACCEPT is set on it (see `defer_accept`).
+pub async fn serve(listener: TcpListener, deferred: bool, app: SharedApp, tls: SharedTls, shutdown: impl Future<Output = ()>) {
     // A changed max_connections applies after a restart (reload warns).
     let max_connections = app.load().config.server.max_connections;
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -201,7 +201,17 @@ pub async fn serve(listener: TcpListener, app: SharedApp, tls: SharedTls, shutdo
         let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((permit, open));
         // The slot travels into the connection's service, which holds it until
         // the connection is done (or hands it on to an upgraded connection).
-        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), tls_config, stop_rx.clone(), slot);
+        // Accepted with nothing to read: TCP_DEFER_ACCEPT held it back for
+        // DEFER_ACCEPT_SECS in silence, which counts toward its handshake time,
+        // as it did when connections were accepted at once. (One peek; the
+        // usual connection has its ClientHello waiting.)
+        let header_timeout = app.load().config.server.header_read_timeout;
+        let handshake_time = if deferred && nothing_to_read(&tcp) {
+            header_timeout.saturating_sub(Duration::from_secs(u64::from(DEFER_ACCEPT_SECS)))
+        } else {
+            header_timeout
+        };
+        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), tls_config, stop_rx.clone(), slot, handshake_time);
         tokio::spawn(task.instrument(tracing::info_span!("conn", %peer)));
     }
     drop(listener);
@@ -265,12 +275,13 @@ fn serve_connection(
     tls_config: Arc<rustls::ServerConfig>,
     mut stop: watch::Receiver<bool>,
     slot: Arc<dyn std::any::Any + Send + Sync>,
+    handshake_time: Duration,
 ) -> impl Future<Output = ()> + Send + 'static {
     let (header_timeout, idle_timeout) = {
         let s = &app.load().config.server;
         (s.header_read_timeout, s.idle_timeout)
     };
-    let handshake = Box::pin(tokio::time::timeout(header_timeout, crate::tls_stream::accept(tcp, tls_config)));
+    let handshake = Box::pin(tokio::time::timeout(handshake_time, crate::tls_stream::accept(tcp, tls_config)));
     let hold = ConnHold { slot, activity: Activity::new(header_timeout), idle_timeout };
     async move {
         let mut tls = match handshake.await {
@@ -457,6 +468,21 @@ where
         }
     }
     false
+}
+
+/// Sets TCP_DEFER_ACCEPT on the TLS listener, so that a connection reaches
+/// accept with its ClientHello (see `sockopt`). True when it is set.
+fn defer_accept(listener: &TcpListener) -> bool {
+    crate::sockopt::defer_accept(listener, DEFER_ACCEPT_SECS).unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot set TCP_DEFER_ACCEPT on server.listen; connections are accepted before they send anything");
+        false
+    })
+}
+
+/// Whether the client has sent nothing yet (a non-blocking peek).
+fn nothing_to_read(tcp: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(socket2::SockRef::from(tcp).peek(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// At most this much of a response waits in the kernel unsent, per client
