@@ -6,9 +6,9 @@
 //! bare ACK that completes the TCP handshake. Each new connection then
 //! wakes the gateway once instead of twice, and is read at once; a client
 //! that connects and says nothing costs the gateway nothing until the
-//! deferral ends, after which it is accepted as usual and
-//! `header_read_timeout` applies. nginx (`listen ... deferred`) and HAProxy
-//! (`defer-accept`) offer the same.
+//! deferral ends, after which it is accepted with what is left of its
+//! `header_read_timeout` (`server::serve`). nginx (`listen ... deferred`)
+//! and HAProxy (`defer-accept`) offer the same.
 #![allow(unsafe_code)]
 
 use std::io;
