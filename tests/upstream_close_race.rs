@@ -416,13 +416,17 @@ async fn one_answer_per_connection_upstream() -> (SocketAddr, Arc<std::sync::Mut
     (addr, seen)
 }
 
+/// A gateway with one public route, `/`, to the upstream at `addr`.
+async fn public_gateway_to(addr: SocketAddr) -> Gateway {
+    Gateway::start("", &format!("[[routes]]\npath = \"/\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n")).await
+}
+
 /// A GET lost that way is sent again on a new connection and answered; a
 /// POST, which the upstream may have acted on, is not: 502.
 #[tokio::test]
 async fn an_idempotent_request_lost_on_a_closing_connection_is_sent_again_once() {
     let (addr, seen) = one_answer_per_connection_upstream().await;
-    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n");
-    let gw = Gateway::start("", &routes).await;
+    let gw = public_gateway_to(addr).await;
     let get = |path: &str| {
         let r = gw.client.get(gw.url(path)).send();
         async move {
@@ -450,8 +454,7 @@ async fn an_idempotent_request_lost_on_a_closing_connection_is_sent_again_once()
 #[tokio::test]
 async fn a_request_lost_twice_is_not_sent_a_third_time() {
     let (addr, seen) = one_answer_per_connection_upstream().await;
-    let routes = format!("[[routes]]\npath = \"/\"\nupstream = \"http://{addr}\"\nauth = \"public\"\n");
-    let gw = Gateway::start("", &routes).await;
+    let gw = public_gateway_to(addr).await;
     let status = |path: &str| {
         let r = gw.client.get(gw.url(path)).header("x-slow", "1").send();
         async move { r.await.expect("send").status().as_u16() }
