@@ -201,17 +201,10 @@ pub async fn serve(listener: TcpListener, deferred: bool, app: SharedApp, tls: S
         let slot: Arc<dyn std::any::Any + Send + Sync> = Arc::new((permit, open));
         // The slot travels into the connection's service, which holds it until
         // the connection is done (or hands it on to an upgraded connection).
-        // Accepted with nothing to read: TCP_DEFER_ACCEPT held it back for
-        // DEFER_ACCEPT_SECS in silence, which counts toward its handshake time,
-        // as it did when connections were accepted at once. (One peek; the
-        // usual connection has its ClientHello waiting.)
-        let header_timeout = app.load().config.server.header_read_timeout;
-        let handshake_time = if deferred && nothing_to_read(&tcp) {
-            header_timeout.saturating_sub(Duration::from_secs(u64::from(DEFER_ACCEPT_SECS)))
-        } else {
-            header_timeout
-        };
-        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), tls_config, stop_rx.clone(), slot, handshake_time);
+        // Accepted with nothing to read: TCP_DEFER_ACCEPT held it back in
+        // silence (one peek; the usual connection has its ClientHello waiting).
+        let held_back = deferred && nothing_to_read(&tcp);
+        let task = serve_connection(tcp, ConnInfo { peer }, app.clone(), tls_config, stop_rx.clone(), slot, held_back);
         tokio::spawn(task.instrument(tracing::info_span!("conn", %peer)));
     }
     drop(listener);
@@ -275,12 +268,16 @@ fn serve_connection(
     tls_config: Arc<rustls::ServerConfig>,
     mut stop: watch::Receiver<bool>,
     slot: Arc<dyn std::any::Any + Send + Sync>,
-    handshake_time: Duration,
+    held_back: bool,
 ) -> impl Future<Output = ()> + Send + 'static {
     let (header_timeout, idle_timeout) = {
         let s = &app.load().config.server;
         (s.header_read_timeout, s.idle_timeout)
     };
+    // The time a silent connection was held back by TCP_DEFER_ACCEPT counts
+    // toward its handshake, as it did when connections were accepted at once.
+    let handshake_time =
+        if held_back { header_timeout.saturating_sub(Duration::from_secs(u64::from(DEFER_ACCEPT_SECS))) } else { header_timeout };
     let handshake = Box::pin(tokio::time::timeout(handshake_time, crate::tls_stream::accept(tcp, tls_config)));
     let hold = ConnHold { slot, activity: Activity::new(header_timeout), idle_timeout };
     async move {
